@@ -1,0 +1,302 @@
+"""SQLAlchemy 2.0 models: the schema's single Python description.
+
+Alembic migrations create exactly this (a test compares them); the queue and event SQL
+functions live in the migrations and `db/queries.sql`. Invariants are enforced by the database
+itself (checks, partial unique indexes, ON DELETE RESTRICT), not only by Python.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TIMESTAMP, UserDefinedType
+
+RUN_STATUSES = ("queued", "claimed", "running", "completed", "failed", "cancelled")
+IMAGE_DOMAINS = ("synthetic", "real", "augmented", "cutout")
+SPLITS = ("train", "val", "test")
+
+
+class XID8(UserDefinedType):
+    """Postgres' 64-bit transaction id, used by the commit-safe events cursor."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw) -> str:
+        return "XID8"
+
+
+ischema_names["xid8"] = XID8  # so reflection (and the migration check) knows the type
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _now():
+    return mapped_column(TIMESTAMP(timezone=True), nullable=False, server_default=text("now()"))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    barcode: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    product_name: Mapped[str] = mapped_column(Text, nullable=False)
+    brand_name: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    frames_path: Mapped[str | None] = mapped_column(Text)
+    frame_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (CheckConstraint("frame_count >= 0", name="ck_products_frame_count"),)
+
+
+class ProductImage(Base):
+    __tablename__ = "product_images"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("products.id", ondelete="CASCADE"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    domain: Mapped[str] = mapped_column(Text, nullable=False)
+    frame_index: Mapped[int | None] = mapped_column(Integer)
+    source_key: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(_in("domain", IMAGE_DOMAINS), name="ck_product_images_domain"),
+        UniqueConstraint("product_id", "url", name="uq_product_images_product_url"),
+        Index("ix_product_images_product_domain", "product_id", "domain"),
+    )
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
+class DatasetProduct(Base):
+    __tablename__ = "dataset_products"
+
+    dataset_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class TrainingRun(Base):
+    """A training run is also the queue row: status, lease and fencing token live here."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    config: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="queued")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    launcher: Mapped[str | None] = mapped_column(Text)
+    external_job_id: Mapped[str | None] = mapped_column(Text)
+    launched_attempt: Mapped[int | None] = mapped_column(Integer)
+    event_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    trainer_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    current_epoch: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    total_epochs: Mapped[int | None] = mapped_column(Integer)
+    start_epoch: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    best_checkpoint_id: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True,
+                   name="fk_training_runs_best_checkpoint"),
+    )
+    best_val_recall_at_1: Mapped[float | None] = mapped_column(Float)
+    resume_from_checkpoint_id: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True,
+                   name="fk_training_runs_resume_checkpoint"),
+    )
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    error_code: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    data_summary: Mapped[dict | None] = mapped_column(JSONB)
+    test_metrics: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    claimed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="ck_training_runs_status"),
+        CheckConstraint("attempt >= 0", name="ck_training_runs_attempt"),
+        Index(
+            "ix_training_runs_claimable",
+            text("priority DESC"),
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_training_runs_leased",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('claimed', 'running')"),
+        ),
+    )
+
+
+class RunImage(Base):
+    """A run's image manifest and split, stored so resume and evaluation see the same images."""
+
+    __tablename__ = "run_images"
+
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split: Mapped[str] = mapped_column(Text, nullable=False)
+    product_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    domain: Mapped[str] = mapped_column(Text, nullable=False)
+    frame_index: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(Text, nullable=False)
+    category: Mapped[str | None] = mapped_column(Text)
+    brand: Mapped[str | None] = mapped_column(Text)
+    source_key: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(_in("split", SPLITS), name="ck_run_images_split"),
+        CheckConstraint(_in("domain", IMAGE_DOMAINS), name="ck_run_images_domain"),
+    )
+
+
+class TrainingEvent(Base):
+    """Append-only outbox; consumers read it with the (txid, id) cursor."""
+
+    __tablename__ = "training_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    txid: Mapped[int] = mapped_column(
+        XID8(), nullable=False, server_default=text("pg_current_xact_id()")
+    )
+    run_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    type: Mapped[str] = mapped_column(Text, nullable=False)
+    version: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="1")
+    payload: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(
+        TIMESTAMP(timezone=True), nullable=False, server_default=text("clock_timestamp()")
+    )
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "attempt", "seq", name="uq_training_events_run_attempt_seq"),
+        Index("ix_training_events_cursor", "txid", "id"),
+    )
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("training_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    manifest_url: Mapped[str] = mapped_column(Text, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    shard_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_recall_at_1: Mapped[float | None] = mapped_column(Float)
+    val_recall_at_5: Mapped[float | None] = mapped_column(Float)
+    val_recall_at_10: Mapped[float | None] = mapped_column(Float)
+    val_map: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    is_best: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "epoch", name="uq_checkpoints_run_epoch"),
+        CheckConstraint("epoch >= 1", name="ck_checkpoints_epoch"),
+        Index(
+            "uq_checkpoints_one_best_per_run",
+            "run_id",
+            unique=True,
+            postgresql_where=text("is_best"),
+        ),
+    )
+
+
+class TrainedModel(Base):
+    __tablename__ = "trained_models"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    checkpoint_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("checkpoints.id", ondelete="RESTRICT"), nullable=False
+    )
+    test_metrics: Mapped[dict | None] = mapped_column(JSONB)
+    cross_domain_metrics: Mapped[dict | None] = mapped_column(JSONB)
+    is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index(
+            "uq_trained_models_one_default",
+            "is_default",
+            unique=True,
+            postgresql_where=text("is_default"),
+        ),
+    )
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("training_runs.id", ondelete="CASCADE"), nullable=False
+    )
+    checkpoint_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    split: Mapped[str] = mapped_column(Text, nullable=False, server_default="test")
+    overall: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    real_to_synthetic: Mapped[dict | None] = mapped_column(JSONB)
+    synthetic_to_real: Mapped[dict | None] = mapped_column(JSONB)
+    per_category: Mapped[dict | None] = mapped_column(JSONB)
+    hard_cases: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (CheckConstraint(_in("split", SPLITS), name="ck_evaluations_split"),)

@@ -1,0 +1,133 @@
+-- Named queries, procrastinate style: each headed `-- name: <name>` and a one-line description.
+-- Python refers to them as QUERIES["<name>"]; the queue and event logic itself is in the SQL
+-- functions of the migrations (db/sql/).
+
+-- name: claim_runs
+-- Claim up to $2 queued runs for owner $1 with a lease of $3 seconds.
+SELECT * FROM claim_runs($1, $2, $3);
+
+-- name: mark_launched
+-- Record the launch of the current attempt (fenced on lease_epoch; once per attempt).
+SELECT mark_launched($1, $2, $3, $4);
+
+-- name: release_run
+-- Put a claimed, never launched run back in the queue.
+SELECT release_run($1, $2, $3);
+
+-- name: start_run
+-- The trainer takes over the run: status running, lease extended.
+SELECT start_run($1, $2, $3, $4::jsonb);
+
+-- name: heartbeat_run
+-- Extend the lease; returns (owned, cancel_requested).
+SELECT owned, cancel_requested FROM heartbeat_run($1, $2, $3);
+
+-- name: finish_run
+-- End the run as completed, failed or cancelled (fenced).
+SELECT finish_run($1, $2, $3, $4, $5, $6::jsonb);
+
+-- name: append_trainer_events
+-- Append the trainer's batch of events (idempotent on the trainer's seq, fenced).
+SELECT append_trainer_events($1, $2, $3, $4::text[], $5::jsonb[]);
+
+-- name: request_cancel
+-- Ask for a run to be cancelled; returns its status.
+SELECT request_cancel($1);
+
+-- name: get_run
+-- One run row.
+SELECT * FROM training_runs WHERE id = $1;
+
+-- name: list_runs
+-- Newest runs first.
+SELECT id, name, status, attempt, current_epoch, total_epochs, best_val_recall_at_1,
+       error_code, error_message, created_at, finished_at
+  FROM training_runs ORDER BY id DESC LIMIT $1;
+
+-- name: insert_run
+-- Queue a run (what a psql user does with a plain INSERT).
+INSERT INTO training_runs (name, config, priority) VALUES ($1, $2::jsonb, $3) RETURNING id;
+
+-- name: events_after
+-- Commit-safe page of events after the (txid, id) cursor.
+SELECT id, txid::text AS txid, run_id, attempt, seq, type, version, payload, created_at
+  FROM training_events_after($1::text::xid8, $2, $3);
+
+-- name: run_events
+-- Every event of one run in write order.
+SELECT id, run_id, attempt, seq, type, payload, created_at
+  FROM training_events WHERE run_id = $1 ORDER BY attempt, seq;
+
+-- name: products_all
+-- Every product of the catalog.
+SELECT id, barcode, product_name, brand_name, category, frames_path, frame_count
+  FROM products ORDER BY id;
+
+-- name: products_matched
+-- Products with at least one real shelf photo or cutout matched to them.
+SELECT p.id, p.barcode, p.product_name, p.brand_name, p.category, p.frames_path, p.frame_count
+  FROM products p
+ WHERE EXISTS (SELECT 1 FROM product_images i
+                WHERE i.product_id = p.id AND i.domain IN ('real', 'cutout'))
+ ORDER BY p.id;
+
+-- name: products_dataset
+-- Products of dataset $1.
+SELECT p.id, p.barcode, p.product_name, p.brand_name, p.category, p.frames_path, p.frame_count
+  FROM products p JOIN dataset_products d ON d.product_id = p.id
+ WHERE d.dataset_id = $1 ORDER BY p.id;
+
+-- name: products_selected
+-- The products named by id.
+SELECT id, barcode, product_name, brand_name, category, frames_path, frame_count
+  FROM products WHERE id = ANY($1::bigint[]) ORDER BY id;
+
+-- name: dataset_exists
+-- Whether dataset $1 exists.
+SELECT EXISTS (SELECT 1 FROM datasets WHERE id = $1);
+
+-- name: product_images_for
+-- Real, augmented and cutout images of the given products.
+SELECT id, product_id, url, domain, frame_index, source_key
+  FROM product_images WHERE product_id = ANY($1::bigint[]) ORDER BY product_id, id;
+
+-- name: insert_product
+-- Add one catalog product.
+INSERT INTO products (barcode, product_name, brand_name, category, frames_path, frame_count)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (barcode) DO UPDATE
+   SET product_name = excluded.product_name, brand_name = excluded.brand_name,
+       category = excluded.category, frames_path = excluded.frames_path,
+       frame_count = excluded.frame_count
+RETURNING id;
+
+-- name: insert_product_image
+-- Add one image of a product.
+INSERT INTO product_images (product_id, url, domain, frame_index, source_key)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (product_id, url) DO NOTHING;
+
+-- name: delete_run_images
+-- Forget a run's stored manifest.
+DELETE FROM run_images WHERE run_id = $1;
+
+-- name: insert_run_image
+-- Store one image of a run's manifest with its split.
+INSERT INTO run_images (run_id, idx, split, product_id, url, domain, frame_index, label,
+                        category, brand, source_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
+
+-- name: run_images
+-- A run's stored manifest.
+SELECT idx, split, product_id, url, domain, frame_index, label, category, brand, source_key
+  FROM run_images WHERE run_id = $1 ORDER BY idx;
+
+-- name: run_checkpoints
+-- A run's checkpoints, oldest epoch first.
+SELECT id, attempt, epoch, manifest_url, size_bytes, shard_count, train_loss, val_loss,
+       val_recall_at_1, val_recall_at_5, val_recall_at_10, val_map, metrics, is_best
+  FROM checkpoints WHERE run_id = $1 ORDER BY epoch;
+
+-- name: run_evaluations
+-- A run's stored evaluations.
+SELECT id, checkpoint_id, split, overall, real_to_synthetic, synthetic_to_real, per_category,
+       hard_cases FROM evaluations WHERE run_id = $1 ORDER BY id;

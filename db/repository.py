@@ -1,0 +1,203 @@
+"""Typed repository functions over asyncpg: the only Python that talks to the database.
+
+Driver errors that mean something to the caller are turned into domain errors here, with the
+original kept as `__cause__` (a lost lease becomes LeaseLost).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import asyncpg
+
+from db.connection import asyncpg_dsn
+from db.queries import QUERIES
+from services.common.errors import LeaseLost
+
+LEASE_LOST_SQLSTATE = "SK001"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(url: str, **kwargs) -> asyncpg.Connection:
+    conn = await asyncpg.connect(asyncpg_dsn(url), **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, **kwargs) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a lease holder needs: the run, its attempt and the fencing token."""
+
+    id: int
+    name: str
+    config: Any
+    attempt: int
+    lease_epoch: int
+    priority: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    owned: bool
+    cancel_requested: bool
+
+
+async def claim_runs(conn, owner: str, limit: int, lease_seconds: float) -> list[ClaimedRun]:
+    if limit <= 0:
+        return []
+    rows = await conn.fetch(QUERIES["claim_runs"], owner, limit, float(lease_seconds))
+    return [
+        ClaimedRun(r["id"], r["name"], r["config"], r["attempt"], r["lease_epoch"], r["priority"])
+        for r in rows
+    ]
+
+
+async def mark_launched(conn, run_id: int, lease_epoch: int, launcher: str,
+                        external_job_id: str | None) -> bool:
+    return await conn.fetchval(QUERIES["mark_launched"], run_id, lease_epoch, launcher,
+                               external_job_id)
+
+
+async def release_run(conn, run_id: int, lease_epoch: int, reason: str) -> bool:
+    return await conn.fetchval(QUERIES["release_run"], run_id, lease_epoch, reason)
+
+
+async def start_run(conn, run_id: int, lease_epoch: int, lease_seconds: float,
+                    payload: dict) -> bool:
+    return await conn.fetchval(QUERIES["start_run"], run_id, lease_epoch, float(lease_seconds),
+                               payload)
+
+
+async def heartbeat_run(conn, run_id: int, lease_epoch: int, lease_seconds: float) -> Heartbeat:
+    row = await conn.fetchrow(QUERIES["heartbeat_run"], run_id, lease_epoch, float(lease_seconds))
+    return Heartbeat(row["owned"], row["cancel_requested"])
+
+
+async def finish_run(conn, run_id: int, lease_epoch: int, status: str, *,
+                     error_code: str | None = None, error_message: str | None = None,
+                     payload: dict | None = None) -> bool:
+    return await conn.fetchval(QUERIES["finish_run"], run_id, lease_epoch, status, error_code,
+                               error_message, payload or {})
+
+
+async def append_trainer_events(conn, run_id: int, lease_epoch: int, first_seq: int,
+                                events: Sequence[tuple[str, dict]]) -> int:
+    """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
+    try:
+        return await conn.fetchval(
+            QUERIES["append_trainer_events"], run_id, lease_epoch, first_seq,
+            [t for t, _ in events], [p for _, p in events],
+        )
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE:
+            raise LeaseLost(str(exc)) from exc
+        raise
+
+
+async def request_cancel(conn, run_id: int) -> str:
+    return await conn.fetchval(QUERIES["request_cancel"], run_id)
+
+
+async def insert_run(conn, name: str, config: dict, priority: int = 0) -> int:
+    return await conn.fetchval(QUERIES["insert_run"], name, config, priority)
+
+
+async def get_run(conn, run_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(QUERIES["get_run"], run_id)
+
+
+async def list_runs(conn, limit: int = 20) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["list_runs"], limit)
+
+
+@dataclass(frozen=True)
+class EventCursor:
+    """Position of a consumer: (txid, id) of the last event it has processed."""
+
+    txid: str = "0"
+    id: int = 0
+
+
+async def events_after(conn, cursor: EventCursor, limit: int = 100) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["events_after"], cursor.txid, cursor.id, limit)
+
+
+async def run_events(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["run_events"], run_id)
+
+
+async def select_products(conn, source_type: str, *, dataset_id: int | None = None,
+                          product_ids: Iterable[int] | None = None) -> list[asyncpg.Record]:
+    if source_type == "all_products":
+        return await conn.fetch(QUERIES["products_all"])
+    if source_type == "matched_products":
+        return await conn.fetch(QUERIES["products_matched"])
+    if source_type == "dataset":
+        return await conn.fetch(QUERIES["products_dataset"], dataset_id)
+    if source_type == "selected":
+        return await conn.fetch(QUERIES["products_selected"], list(product_ids or []))
+    raise ValueError(f"unknown data source {source_type!r}")
+
+
+async def dataset_exists(conn, dataset_id: int) -> bool:
+    return await conn.fetchval(QUERIES["dataset_exists"], dataset_id)
+
+
+async def product_images_for(conn, product_ids: Sequence[int]) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["product_images_for"], list(product_ids))
+
+
+async def insert_catalog(conn, products: Iterable[dict]) -> int:
+    """Insert generated or imported products with their images; returns the product count."""
+    count = 0
+    async with conn.transaction():
+        for product in products:
+            product_id = await conn.fetchval(
+                QUERIES["insert_product"], product["barcode"], product["product_name"],
+                product.get("brand_name"), product.get("category"), product.get("frames_path"),
+                product.get("frame_count", 0),
+            )
+            await conn.executemany(
+                QUERIES["insert_product_image"],
+                [(product_id, img["url"], img["domain"], img.get("frame_index"),
+                  img.get("source_key")) for img in product.get("images", [])],
+            )
+            count += 1
+    return count
+
+
+async def store_run_images(conn, run_id: int, rows: Sequence[dict]) -> None:
+    """Replace the run's stored manifest with `rows` (dicts with split and the image fields)."""
+    async with conn.transaction():
+        await conn.execute(QUERIES["delete_run_images"], run_id)
+        await conn.executemany(
+            QUERIES["insert_run_image"],
+            [(run_id, i, r["split"], r["product_id"], r["url"], r["domain"], r.get("frame_index"),
+              r["label"], r.get("category"), r.get("brand"), r.get("source_key"))
+             for i, r in enumerate(rows)],
+        )
+
+
+async def run_images(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["run_images"], run_id)
+
+
+async def run_checkpoints(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["run_checkpoints"], run_id)
+
+
+async def run_evaluations(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["run_evaluations"], run_id)

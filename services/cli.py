@@ -1,0 +1,201 @@
+"""`skutrain` command line. Environment variables are read here (Settings) and nowhere below."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from services.common.logging import configure_logging, get_logger
+from services.common.settings import Settings, get_settings
+
+
+def _database_url(settings: Settings) -> str:
+    from db.connection import resolve_database_url
+
+    return resolve_database_url(settings)
+
+
+# -- db ------------------------------------------------------------------------------------
+def cmd_db(args, settings: Settings) -> int:
+    from db import migrate
+    from db.connection import redact_url, stop_embedded
+
+    if args.action == "stop":
+        stopped = stop_embedded(settings.data_dir)
+        print("embedded postgres stopped" if stopped else "embedded postgres was not running")
+        return 0
+    url = _database_url(settings)
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+        print(f"database at {redact_url(url)} upgraded to {args.revision or 'head'}")
+    elif args.action == "downgrade":
+        migrate.downgrade(url, args.revision or "base")
+        print(f"database at {redact_url(url)} downgraded to {args.revision or 'base'}")
+    elif args.action == "url":
+        print(redact_url(url))
+    return 0
+
+
+# -- config --------------------------------------------------------------------------------
+def cmd_config(args, settings: Settings) -> int:
+    from services.trainer.config import config_json_schema, example_config
+
+    doc = config_json_schema() if args.action == "schema" else example_config()
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+# -- dispatcher ----------------------------------------------------------------------------
+def build_launcher(name: str, settings: Settings, database_url: str, max_concurrent: int):
+    from services.dispatcher.launchers import LocalLauncher, NoopLauncher
+
+    if name == "noop":
+        return NoopLauncher()
+    if name == "local":
+        return LocalLauncher(
+            log_dir=(settings.data_dir / "logs").resolve(),
+            max_concurrent=max_concurrent,
+            env={"DATABASE_URL": database_url,
+                 "SKUTRAIN_DATA_DIR": str(settings.data_dir.resolve())},
+        )
+    raise SystemExit(f"unknown launcher {name!r}: use 'local' or 'noop'")
+
+
+async def run_dispatcher(database_url: str, launcher, config) -> None:
+    from services.dispatcher.service import Dispatcher
+
+    dispatcher = Dispatcher(database_url, launcher, config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, dispatcher.stop)
+    await dispatcher.start()
+    await dispatcher.wait()
+
+
+def cmd_dispatcher(args, settings: Settings) -> int:
+    from services.dispatcher.service import DispatcherConfig
+
+    url = _database_url(settings)
+    launcher = build_launcher(args.launcher, settings, url, args.max_concurrent)
+    config = DispatcherConfig(batch_size=args.batch_size, poll_interval=args.poll_interval,
+                              lease_seconds=args.lease_seconds)
+    asyncio.run(run_dispatcher(url, launcher, config))
+    return 0
+
+
+# -- events --------------------------------------------------------------------------------
+async def tail_events(url: str, run_id: int | None, follow: bool, as_json: bool,
+                      poll: float = 0.5, out=sys.stdout) -> None:
+    from db import repository
+
+    conn = await repository.connect(url)
+    cursor = repository.EventCursor()
+    try:
+        while True:
+            rows = await repository.events_after(conn, cursor, 500)
+            for row in rows:
+                cursor = repository.EventCursor(row["txid"], row["id"])
+                if run_id is not None and row["run_id"] != run_id:
+                    continue
+                if as_json:
+                    record = dict(row)
+                    record["created_at"] = row["created_at"].isoformat()
+                    print(json.dumps(record), file=out, flush=True)
+                else:
+                    print(f"{row['created_at']:%H:%M:%S} run={row['run_id']} "
+                          f"attempt={row['attempt']} seq={row['seq']:<4} {row['type']:<22} "
+                          f"{json.dumps(row['payload'])[:160]}", file=out, flush=True)
+            if not rows:
+                if not follow:
+                    return
+                await asyncio.sleep(poll)
+    finally:
+        await conn.close()
+
+
+def cmd_events(args, settings: Settings) -> int:
+    asyncio.run(tail_events(_database_url(settings), args.run, args.follow, args.json))
+    return 0
+
+
+# -- runs ----------------------------------------------------------------------------------
+def cmd_runs(args, settings: Settings) -> int:
+    from db import repository
+
+    async def go() -> None:
+        conn = await repository.connect(_database_url(settings))
+        try:
+            if args.action == "create":
+                run_id = await repository.insert_run(conn, args.name, json.loads(args.config),
+                                                     args.priority)
+                print(run_id)
+            elif args.action == "list":
+                for r in await repository.list_runs(conn, args.limit):
+                    r1 = "-" if r["best_val_recall_at_1"] is None else f"{r['best_val_recall_at_1']:.3f}"
+                    print(f"{r['id']:>5} {r['status']:<10} epoch {r['current_epoch']}/"
+                          f"{r['total_epochs'] or '?'} val R@1 {r1:<6} {r['name']} "
+                          f"{r['error_code'] or ''}")
+            elif args.action == "cancel":
+                print(await repository.request_cancel(conn, args.run_id))
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="database: migrate, show the URL, stop the embedded server")
+    p.add_argument("action", choices=["upgrade", "downgrade", "url", "stop"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("config", help="the run config: JSON schema or a complete example")
+    p.add_argument("action", choices=["schema", "example"])
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("dispatcher", help="claim queued runs and launch their jobs")
+    p.add_argument("--launcher", default="local", choices=["local", "noop"])
+    p.add_argument("--max-concurrent", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--poll-interval", type=float, default=2.0)
+    p.add_argument("--lease-seconds", type=float, default=120.0)
+    p.set_defaults(func=cmd_dispatcher)
+
+    p = sub.add_parser("events", help="read the events table")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("--run", type=int)
+    p.add_argument("--follow", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("runs", help="queue, list and cancel training runs")
+    rs = p.add_subparsers(dest="action", required=True)
+    c = rs.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("--config", default="{}")
+    c.add_argument("--priority", type=int, default=0)
+    rs.add_parser("list").add_argument("--limit", type=int, default=20)
+    rs.add_parser("cancel").add_argument("run_id", type=int)
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return args.func(args, settings) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""One error hierarchy: every failure that reaches a run carries a stable `error_code`.
+
+The code is what a run row stores in `error_code`; the message is what a person reads in
+`error_message`, so it must say what to do.
+"""
+from __future__ import annotations
+
+
+class SkutrainError(Exception):
+    """Root of every error skutrain raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidConfig(SkutrainError):
+    code = "invalid_config"
+
+
+class InsufficientProducts(SkutrainError):
+    code = "insufficient_products"
+
+
+class InsufficientImages(SkutrainError):
+    code = "insufficient_images"
+
+
+class DatasetNotFound(SkutrainError):
+    code = "dataset_not_found"
+
+
+class ModelUnavailable(SkutrainError):
+    code = "model_unavailable"
+
+
+class StorageError(SkutrainError):
+    code = "storage_error"
+
+
+class ChecksumMismatch(StorageError):
+    code = "checksum_mismatch"
+
+
+class LeaseLost(SkutrainError):
+    """The run's lease moved to a newer attempt: this worker must stop writing."""
+
+    code = "lease_lost"
+
+
+class RunCancelled(SkutrainError):
+    code = "cancelled"
+
+
+class LaunchFailed(SkutrainError):
+    code = "launch_failed"
+
+
+class TrainingFailed(SkutrainError):
+    code = "training_failed"

@@ -1,0 +1,80 @@
+"""structlog setup: JSON by default, readable in a terminal, secrets redacted everywhere.
+
+Redaction runs as the last processor before rendering, so nothing bound by any caller
+(a database URL, an API key, a token) reaches the output in clear.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>(?:password|passwd|pwd|token|api[_-]?key|secret|signature|x-amz-signature|"
+    r"x-amz-credential|access[_-]?key[_-]?id|sig)=)[^&\s\"']+",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?P<key>Bearer\s+)[A-Za-z0-9._~+/=-]+")
+_KNOWN_TOKENS = re.compile(r"\b(?:hf_[A-Za-z0-9]{10,}|rpa_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9]{10,})\b")
+_SECRET_KEYS = re.compile(r"(password|secret|token|api_key|apikey|credential|private_key)", re.I)
+
+REDACTED = "***"
+
+
+def redact_text(text: str) -> str:
+    """Remove passwords in URLs, secret query parameters, bearer tokens and known key formats."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    text = _SECRET_QUERY.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    text = _BEARER.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    return _KNOWN_TOKENS.sub(REDACTED, text)
+
+
+def redact(value: Any, key: str | None = None) -> Any:
+    if key is not None and _SECRET_KEYS.search(key) and value not in (None, "", False):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def _redact_processor(_logger, _method, event_dict: dict) -> dict:
+    return {k: redact(v, k) for k, v in event_dict.items()}
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
+    """fmt: 'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None, **bound):
+    return structlog.get_logger(name).bind(**bound)

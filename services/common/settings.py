@@ -1,0 +1,49 @@
+"""Environment configuration: the one place environment variables are read.
+
+Everything below the CLI and the service entry points takes explicit arguments.
+Secrets are `SecretStr` so they never print by accident.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Field(default=Path(".data"), validation_alias="SKUTRAIN_DATA_DIR")
+
+    storage_backend: str = Field(default="local", validation_alias="SKUTRAIN_STORAGE")
+    storage_dir: Path | None = Field(default=None, validation_alias="SKUTRAIN_STORAGE_DIR")
+    s3_endpoint_url: str | None = Field(default=None, validation_alias="S3_ENDPOINT_URL")
+    s3_access_key_id: SecretStr | None = Field(default=None, validation_alias="S3_ACCESS_KEY_ID")
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias="S3_SECRET_ACCESS_KEY"
+    )
+    s3_region: str = Field(default="us-east-1", validation_alias="S3_REGION")
+
+    runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
+    runpod_endpoint_id: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_ID")
+    hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
+    qdrant_url: str | None = Field(default=None, validation_alias="QDRANT_URL")
+
+    log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
+    log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return self.storage_dir or (self.data_dir / "storage")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,68 @@
+"""Checks a claimed run must pass before a GPU job is spent on it: a valid config and enough data.
+
+The data counts use the run's data source and image config exactly as the trainer will
+(services.trainer.data.manifest), before any download; the trainer checks again afterwards.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from db import repository
+from services.common.errors import DatasetNotFound, InsufficientImages, InsufficientProducts
+from services.trainer.config import RunConfig, parse_config
+from services.trainer.data.manifest import count_manifest
+
+MIN_PRODUCTS = 10
+MIN_IMAGES = 100
+
+
+def check_counts(n_products: int, n_images: int) -> None:
+    """Raise the run-level error for too little data; the message says what to change."""
+    if n_products < MIN_PRODUCTS:
+        raise InsufficientProducts(
+            f"only {n_products} products match the run's data source and image config "
+            f"(at least {MIN_PRODUCTS} are needed): widen data_source, add image_types, "
+            f"or lower label_config.min_samples_per_class",
+            details={"products": n_products, "images": n_images},
+        )
+    if n_images < MIN_IMAGES:
+        raise InsufficientImages(
+            f"only {n_images} images match the run's data source and image config "
+            f"(at least {MIN_IMAGES} are needed): add image_types, use frame_selection "
+            f"'interval' or 'all', or raise image_config.max_frames_per_type",
+            details={"products": n_products, "images": n_images},
+        )
+
+
+class Preflight:
+    """Validates runs; caches data counts per (data source, image config, labels) in one batch."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    async def check(self, raw_config: Any) -> RunConfig:
+        config = parse_config(raw_config)
+        n_products, n_images = await self._count(config)
+        check_counts(n_products, n_images)
+        return config
+
+    async def _count(self, config: RunConfig) -> tuple[int, int]:
+        key = config.model_dump_json(include={"data_source", "image_config", "label_config"})
+        if key not in self._counts:
+            source = config.data_source
+            if source.type == "dataset" and not await repository.dataset_exists(
+                self.conn, source.dataset_id
+            ):
+                raise DatasetNotFound(
+                    f"dataset {source.dataset_id} does not exist: check data_source.dataset_id"
+                )
+            products = await repository.select_products(
+                self.conn, source.type, dataset_id=source.dataset_id,
+                product_ids=source.product_ids,
+            )
+            images = await repository.product_images_for(self.conn, [p["id"] for p in products])
+            self._counts[key] = count_manifest(
+                [dict(p) for p in products], [dict(i) for i in images], config
+            )
+        return self._counts[key]
