@@ -81,3 +81,27 @@ async def conn(db_url):
     connection = await repository.connect(db_url)
     yield connection
     await connection.close()
+
+
+def catalog_rows(products: int = 12, real_per_product: int = 8, frame_count: int = 24) -> list[dict]:
+    """Catalog rows that pass the preflight with the default config (nothing is downloaded)."""
+    return [
+        {
+            "barcode": f"869{i:07d}", "product_name": f"Product {i}", "brand_name": f"Brand {i % 3}",
+            "category": f"Category {i % 2}", "frames_path": f"storage://catalog/p{i}/frames",
+            "frame_count": frame_count,
+            "images": [{"url": f"storage://catalog/p{i}/real_{j}.jpg", "domain": "real",
+                        "frame_index": None, "source_key": f"p{i}-{j}"}
+                       for j in range(real_per_product)],
+        }
+        for i in range(products)
+    ]
+
+
+@pytest.fixture
+async def catalog_conn(conn):
+    """A connection to a database holding a small catalog."""
+    from db import repository
+
+    await repository.insert_catalog(conn, catalog_rows())
+    return conn

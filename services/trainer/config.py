@@ -211,7 +211,9 @@ def parse_config(raw: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{_location(e)}: {e['msg']}" for e in exc.errors()]
+        problems = [
+            f"{_location(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        ]
         raise InvalidConfig(
             "invalid config: " + "; ".join(problems), details={"errors": problems}
         ) from exc
