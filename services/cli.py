@@ -147,6 +147,37 @@ def cmd_runs(args, settings: Settings) -> int:
     return 0
 
 
+# -- catalog and demo ----------------------------------------------------------------------
+def cmd_catalog(args, settings: Settings) -> int:
+    from db import repository
+    from services.catalog.generate import generate_catalog
+    from services.common.storage import storage_from_settings
+
+    products = generate_catalog(storage_from_settings(settings), args.products,
+                                args.images_per_product, domains=args.domains, seed=args.seed,
+                                image_size=args.image_size)
+
+    async def insert() -> int:
+        conn = await repository.connect(_database_url(settings))
+        try:
+            return await repository.insert_catalog(conn, products)
+        finally:
+            await conn.close()
+
+    count = asyncio.run(insert())
+    images = sum(len(p["images"]) + p["frame_count"] for p in products)
+    print(f"{count} products, {images} images written")
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from rich.console import Console
+
+    from services.demo import run_demo
+
+    return asyncio.run(run_demo(settings, Console()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_parser("list").add_argument("--limit", type=int, default=20)
     rs.add_parser("cancel").add_argument("run_id", type=int)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("catalog", help="generate a product catalog into storage and the database")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--products", type=int, default=40)
+    p.add_argument("--images-per-product", type=int, default=10)
+    p.add_argument("--domains", nargs="+", default=["synthetic", "real", "augmented", "cutout"],
+                   choices=["synthetic", "real", "augmented", "cutout"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=96)
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("demo", help="a real training run end to end on the embedded defaults")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

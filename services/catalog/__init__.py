@@ -1,0 +1,1 @@
+"""A generated product catalog (packages, turntable frames, shelf photos) and its baselines."""

@@ -1,0 +1,1 @@
+"""Training data: manifest, frame selection, split, download and the torch Dataset."""

@@ -1,0 +1,129 @@
+"""A torch Dataset over downloaded images: (CHW float tensor, label index, domain).
+
+torchvision is not a dependency, so the few transforms are written here with Pillow and numpy
+(numpy, not torch ops, because per-op overhead dominates on 64 px images); the random
+parameters are one `torch.rand` draw per image, so `torch.manual_seed` and DataLoader's
+per-worker seeding make them reproducible.
+
+- Train: random resized crop (scale 0.5-1.0 of the area, aspect 3/4-4/3: a product must stay
+  recognisable, so crops are milder than ImageNet's 0.08), horizontal flip, and a modest
+  brightness / contrast / saturation jitter (factors 0.8-1.2; no hue shift, since brand colours
+  are part of what identifies a product).
+- Eval: resize the shorter side to `image_size / 0.875`, centre crop `image_size`.
+- Both end normalised with the ImageNet mean and std, which DINOv2/v3 were trained with.
+Images are decoded from the cache at a reduced JPEG scale when possible (`draft`), which keeps
+decoding cheap for large photos.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from services.trainer.data.download import LocalImage, load_rgb
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+EVAL_CROP_FRACTION = 0.875
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+CROP_TRIES = 10
+JITTER = 0.2
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
+N_DRAWS = 2 * CROP_TRIES + 2 + 4  # crop tries, crop position, flip, three jitter factors
+
+
+def build_label_index(labels: Iterable[str]) -> dict[str, int]:
+    """Label -> class index, in sorted label order so it is the same on every run."""
+    return {label: i for i, label in enumerate(sorted(set(labels)))}
+
+
+def _lerp(bounds: tuple[float, float], u: float) -> float:
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def random_crop_box(width: int, height: int, u: Sequence[float]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) within CROP_SCALE / CROP_RATIO, from uniforms `u` in [0, 1].
+
+    `u` holds 2 numbers per try (scale, log aspect) and 2 for the position; after
+    CROP_TRIES misfits (a very long image) it falls back to the centred square.
+    """
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for t in range(CROP_TRIES):
+        target = width * height * _lerp(CROP_SCALE, u[2 * t])
+        ratio = math.exp(_lerp(log_ratio, u[2 * t + 1]))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left = min(int(u[2 * CROP_TRIES] * (width - w + 1)), width - w)
+            top = min(int(u[2 * CROP_TRIES + 1] * (height - h + 1)), height - h)
+            return left, top, left + w, top + h
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def train_transform(img: Image.Image, size: int) -> torch.Tensor:
+    """Random resized crop, flip, brightness / contrast / saturation jitter, normalise."""
+    u = torch.rand(N_DRAWS).tolist()  # one draw from torch's generator per image
+    img = img.resize((size, size), Image.BILINEAR, box=random_crop_box(*img.size, u))
+    if u[2 * CROP_TRIES + 2] < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    brightness, contrast, saturation = (_lerp((1 - JITTER, 1 + JITTER), v) for v in u[-3:])
+    x = np.asarray(img, np.float32) * np.float32(brightness / 255.0)
+    mean = float((x @ _GRAY).mean())
+    x = (x - mean) * np.float32(contrast) + np.float32(mean)
+    gray = (x @ _GRAY)[..., None]
+    x = (x - gray) * np.float32(saturation) + gray
+    return _normalised_chw(np.clip(x, 0.0, 1.0, out=x))
+
+
+def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side to size / 0.875, centre crop, normalise."""
+    width, height = img.size
+    scale = size / EVAL_CROP_FRACTION / min(width, height)
+    width, height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (width - size) // 2, (height - size) // 2
+    img = img.resize((width, height), Image.BILINEAR).crop((left, top, left + size, top + size))
+    return _normalised_chw(np.asarray(img, np.float32) * np.float32(1 / 255.0))
+
+
+def _normalised_chw(x: np.ndarray) -> torch.Tensor:
+    """HWC floats in [0, 1] -> CHW tensor normalised with the ImageNet statistics."""
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class ProductImageDataset(Dataset):
+    """Items are (image CHW float32, label index, domain); `labels` serves P-K samplers."""
+
+    def __init__(
+        self,
+        images: Sequence[LocalImage],
+        image_size: int,
+        *,
+        train: bool,
+        label_to_index: Mapping[str, int] | None = None,
+    ):
+        self.images = list(images)
+        self.image_size = image_size
+        self.train = train
+        self.label_to_index = dict(
+            label_to_index
+            if label_to_index is not None
+            else build_label_index(i.record.label for i in self.images)
+        )
+        self.labels = [self.label_to_index[i.record.label] for i in self.images]
+        self.domains = [i.record.domain for i in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        draft = math.ceil(self.image_size / EVAL_CROP_FRACTION)
+        img = load_rgb(self.images[index].path, draft_size=draft)
+        transform = train_transform if self.train else eval_transform
+        return transform(img, self.image_size), self.labels[index], self.domains[index]

@@ -1,0 +1,99 @@
+"""Real servers on loopback for the data tests: a scripted image server and an S3 server."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+class ImageServer:
+    """Serves `routes`: path -> callable(handler, attempt) writing the answer.
+
+    `attempt` is 1 for the first request of that path, 2 for the second... Every request is
+    counted (`requests`), and the most requests in flight at once is kept (`max_in_flight`).
+    """
+
+    def __init__(self):
+        self.routes: dict = {}
+        self.requests: Counter = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                with server.lock:
+                    server.requests[path] += 1
+                    attempt = server.requests[path]
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    route = server.routes.get(path)
+                    if route is None:
+                        self.send_error(404)
+                    else:
+                        route(self, attempt)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on purpose (too large, timeout)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def total_requests(self) -> int:
+        with self.lock:
+            return sum(self.requests.values())
+
+    def url(self, path: str) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+
+@pytest.fixture
+def image_server():
+    server = ImageServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol HTTP server (moto) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+    )
