@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
     qdrant_url: str | None = Field(default=None, validation_alias="QDRANT_URL")
 
+    progress_interval: float = Field(default=2.0, ge=0,
+                                     validation_alias="SKUTRAIN_PROGRESS_INTERVAL")
+
     log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
 

@@ -5,6 +5,7 @@ The data counts use the run's data source and image config exactly as the traine
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from db import repository
@@ -35,34 +36,36 @@ def check_counts(n_products: int, n_images: int) -> None:
 
 
 class Preflight:
-    """Validates runs; caches data counts per (data source, image config, labels) in one batch."""
+    """Validates runs. Data counts are cached per (data source, image config, labels) for
+    `ttl` seconds: counting reads the catalog, and a burst of runs on the same data should not
+    read it once per run. The trainer re-checks the real numbers after downloading anyway."""
 
-    def __init__(self, conn):
-        self.conn = conn
-        self._counts: dict[str, tuple[int, int]] = {}
+    def __init__(self, ttl: float = 10.0):
+        self.ttl = ttl
+        self._counts: dict[str, tuple[float, tuple[int, int]]] = {}
 
-    async def check(self, raw_config: Any) -> RunConfig:
+    async def check(self, conn, raw_config: Any) -> RunConfig:
         config = parse_config(raw_config)
-        n_products, n_images = await self._count(config)
+        n_products, n_images = await self._count(conn, config)
         check_counts(n_products, n_images)
         return config
 
-    async def _count(self, config: RunConfig) -> tuple[int, int]:
+    async def _count(self, conn, config: RunConfig) -> tuple[int, int]:
         key = config.model_dump_json(include={"data_source", "image_config", "label_config"})
-        if key not in self._counts:
+        cached = self._counts.get(key)
+        if cached is None or time.monotonic() - cached[0] > self.ttl:
             source = config.data_source
             if source.type == "dataset" and not await repository.dataset_exists(
-                self.conn, source.dataset_id
+                conn, source.dataset_id
             ):
                 raise DatasetNotFound(
                     f"dataset {source.dataset_id} does not exist: check data_source.dataset_id"
                 )
             products = await repository.select_products(
-                self.conn, source.type, dataset_id=source.dataset_id,
+                conn, source.type, dataset_id=source.dataset_id,
                 product_ids=source.product_ids,
             )
-            images = await repository.product_images_for(self.conn, [p["id"] for p in products])
-            self._counts[key] = count_manifest(
-                [dict(p) for p in products], [dict(i) for i in images], config
-            )
-        return self._counts[key]
+            images = await repository.product_images_for(conn, [p["id"] for p in products])
+            counts = count_manifest([dict(p) for p in products], [dict(i) for i in images], config)
+            self._counts[key] = cached = (time.monotonic(), counts)
+        return cached[1]

@@ -66,6 +66,7 @@ class Dispatcher:
         self._listener: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task] = []
         self.listener_connects = 0
+        self.preflight = Preflight()
         self.totals = TickResult()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -127,9 +128,14 @@ class Dispatcher:
                 self.log.info("dispatcher.listening", connects=self.listener_connects)
                 self._wake.set()  # poll at once on every (re)LISTEN
                 while not self._stopping.is_set() and not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), self.config.listener_check_interval)
-                    except asyncio.TimeoutError:
+                    waiters = [asyncio.ensure_future(lost.wait()),
+                               asyncio.ensure_future(self._stopping.wait())]
+                    done, pending = await asyncio.wait(
+                        waiters, timeout=self.config.listener_check_interval,
+                        return_when=asyncio.FIRST_COMPLETED)
+                    for waiter in pending:
+                        waiter.cancel()
+                    if not done:
                         await conn.fetchval("SELECT 1")  # detects a silently dead connection
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.log.warning("dispatcher.listener_lost", error=str(exc))
@@ -153,39 +159,43 @@ class Dispatcher:
                 self.config.lease_seconds,
             )
             result.claimed = len(runs)
-            preflight = Preflight(conn)
-            for run in runs:
-                if self._stopping.is_set():
-                    if await repository.release_run(conn, run.id, run.lease_epoch, "dispatcher stopped"):
-                        result.released += 1
-                    continue
-                if await self._dispatch(conn, preflight, run):
-                    result.launched += 1
-                else:
-                    result.failed += 1
+            outcomes = [await self._prepare_and_launch(conn, run) for run in runs]
+            # One transaction records the whole batch: one commit, not one per run.
+            async with conn.transaction():
+                for run, outcome in zip(runs, outcomes):
+                    if outcome is None:
+                        if await repository.release_run(conn, run.id, run.lease_epoch,
+                                                        "dispatcher stopped"):
+                            result.released += 1
+                    elif isinstance(outcome, SkutrainError):
+                        await repository.finish_run(
+                            conn, run.id, run.lease_epoch, "failed", error_code=outcome.code,
+                            error_message=outcome.message, payload={"details": outcome.details})
+                        result.failed += 1
+                    else:
+                        await repository.mark_launched(conn, run.id, run.lease_epoch,
+                                                       self.launcher.name, outcome)
+                        result.launched += 1
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
         if result.claimed or result.reaped:
             self.log.info("dispatcher.tick", **vars(result))
         return result
 
-    async def _dispatch(self, conn, preflight: Preflight, run: repository.ClaimedRun) -> bool:
+    async def _prepare_and_launch(self, conn, run: repository.ClaimedRun) -> str | SkutrainError | None:
+        """The external job id, the error that fails the run, or None to release it."""
+        if self._stopping.is_set():
+            return None
         log = self.log.bind(run_id=run.id, attempt=run.attempt)
         try:
-            await preflight.check(run.config)
+            await self.preflight.check(conn, run.config)
             external_id = await self.launcher.launch(
-                LaunchRequest(run.id, run.attempt, run.lease_epoch)
-            )
+                LaunchRequest(run.id, run.attempt, run.lease_epoch))
         except SkutrainError as exc:
-            await repository.finish_run(
-                conn, run.id, run.lease_epoch, "failed", error_code=exc.code,
-                error_message=exc.message, payload={"details": exc.details},
-            )
             log.warning("run.failed", error_code=exc.code, error=exc.message)
-            return False
-        await repository.mark_launched(conn, run.id, run.lease_epoch, self.launcher.name, external_id)
-        log.info("run.launched", external_job_id=external_id)
-        return True
+            return exc
+        log.debug("run.launched", external_job_id=external_id)
+        return external_id
 
     async def _reap(self, conn) -> int:
         """Fail runs whose job ended without finishing them (a crashed trainer)."""

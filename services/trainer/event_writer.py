@@ -5,7 +5,8 @@ appends to an in-memory queue (`emit` never blocks a training step). The thread 
 with `append_trainer_events`, which is idempotent on the trainer's sequence numbers, so a batch
 retried after a dropped connection is stored exactly once and in order. While the database is
 unreachable it retries with backoff and keeps every event. It also heartbeats the lease
-(fenced on `lease_epoch`): a lost lease or a cancel request is visible through `stop_reason()`.
+(fenced on `lease_epoch`) and LISTENs for cancel requests: a lost lease or a cancel request is
+visible through `stop_reason()` within one flush interval of the NOTIFY.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from services.common.errors import LeaseLost
 from services.common.logging import get_logger
 from services.common.retry import backoff_delay
 
+CANCEL_CHANNEL = "skutrain_cancel"
 _RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
               asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CannotConnectNowError,
               asyncio.TimeoutError, ConnectionError)
@@ -61,6 +63,7 @@ class EventWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_ready = threading.Event()
+        self._db_lock: asyncio.Lock | None = None
         self._conn: asyncpg.Connection | None = None
         self.connects = 0
 
@@ -127,6 +130,9 @@ class EventWriter:
             except LeaseLost as exc:
                 self._mark_lease_lost(str(exc))
                 return
+            except Exception:  # never let the writer thread die: events stay queued
+                self.log.exception("event_writer.error")
+                await asyncio.sleep(self.config.retry_cap)
             await asyncio.sleep(self.config.flush_interval)
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
@@ -136,6 +142,11 @@ class EventWriter:
         with self._stored:
             self._lease_lost = True
             self._stored.notify_all()
+
+    def _on_cancel_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        """request_cancel() NOTIFYs at once; the heartbeat is the fallback if this is missed."""
+        if payload == str(self.run_id):
+            self._cancel_requested = True
 
     async def _heartbeat(self, conn) -> None:
         beat = await repository.heartbeat_run(conn, self.run_id, self.lease_epoch,
@@ -171,24 +182,30 @@ class EventWriter:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self.connects += 1
-            self._conn = await repository.connect(
+            conn = await repository.connect(
                 self.database_url, timeout=10,
                 server_settings={"application_name": f"skutrain-trainer:{self.run_id}"},
             )
+            await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notify)
+            self._conn = conn
         return self._conn
 
     async def _with_retry(self, fn):
+        """One operation at a time on the one connection; reconnect and retry on failure."""
+        if self._db_lock is None:
+            self._db_lock = asyncio.Lock()
         retry = 0
         while True:
-            try:
-                return await fn(await self._connection())
-            except _RETRYABLE as exc:
-                if self._conn is not None:
-                    self._conn.terminate()
-                    self._conn = None
-                delay = backoff_delay(retry, self.config.retry_base, self.config.retry_cap,
-                                      random.random())
-                self.log.warning("db.retry", error=type(exc).__name__, retry=retry,
-                                 delay=round(delay, 2))
-                retry += 1
-                await asyncio.sleep(delay)
+            async with self._db_lock:
+                try:
+                    return await fn(await self._connection())
+                except _RETRYABLE as exc:
+                    if self._conn is not None:
+                        self._conn.terminate()
+                        self._conn = None
+                    error = type(exc).__name__
+            delay = backoff_delay(retry, self.config.retry_base, self.config.retry_cap,
+                                  random.random())
+            self.log.warning("db.retry", error=error, retry=retry, delay=round(delay, 2))
+            retry += 1
+            await asyncio.sleep(delay)
