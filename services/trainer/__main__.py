@@ -1,0 +1,34 @@
+"""`python -m services.trainer --run-id N --attempt A --lease-epoch E`: the local launcher's job."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from db.connection import resolve_database_url
+from services.common.logging import configure_logging
+from services.common.settings import get_settings
+from services.common.storage import storage_from_settings
+from services.trainer.runner import TrainerEnvironment, run_attempt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.trainer")
+    parser.add_argument("--run-id", type=int, required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument("--lease-epoch", type=int, required=True)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, "json")
+    env = TrainerEnvironment(
+        database_url=resolve_database_url(settings),
+        storage=storage_from_settings(settings),
+        cache_dir=settings.cache_dir,
+        hf_token=settings.hf_token.get_secret_value() if settings.hf_token else None,
+        progress_interval=settings.progress_interval,
+    )
+    status = run_attempt(env, args.run_id, args.attempt, args.lease_epoch)
+    return 0 if status in ("completed", "cancelled", "failed") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A run inserted with SQL trains to completion through the dispatcher and a real trainer
+process; a cancel mid-epoch stops it within one batch."""
+import asyncio
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from db import repository
+from services.common.storage import LocalStorage, ObjectRef
+from services.trainer import checkpoints
+from tests.e2e.conftest import TINY_RUN, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+
+async def _insert(conn, name, config):
+    return await conn.fetchval("INSERT INTO training_runs (name, config) VALUES ($1, $2::text::jsonb) "
+                               "RETURNING id", name, json.dumps(config))
+
+
+async def test_tiny_run_completes_with_checkpoints_events_and_test_metrics(
+        conn, local_dispatcher, data_dir):
+    run_id = await _insert(conn, "e2e", TINY_RUN)
+    row = await wait_for_status(conn, run_id, {"completed", "failed", "cancelled"}, timeout=240)
+    assert row["status"] == "completed", (row["error_code"], row["error_message"])
+
+    events = await repository.run_events(conn, run_id)
+    attempt = [e for e in events if e["attempt"] == 1]
+    assert [e["seq"] for e in attempt] == list(range(1, len(attempt) + 1))  # ordered, no gap
+    types = [e["type"] for e in attempt]
+    assert types[:4] == ["run.claimed", "run.launched", "run.started", "data.prepared"]
+    assert types[-2:] == ["eval.completed", "run.completed"]
+    assert types.count("epoch.started") == types.count("epoch.completed") == 2
+    assert types.count("checkpoint.saved") == 2
+    assert types.count("batch.progress") >= 2
+    completed = [e["payload"] for e in attempt if e["type"] == "epoch.completed"]
+    assert [p["epoch"] for p in completed] == [1, 2]
+    for p in completed:
+        assert set(p["loss"]) >= {"total", "arcface", "triplet", "domain"}
+        assert p["lr"] and all(v > 0 for v in p["lr"].values())
+        assert 0.0 <= p["val"]["recall_at_1"] <= 1.0
+        assert p["images_per_second"] > 0
+    prepared = next(e["payload"] for e in attempt if e["type"] == "data.prepared")
+    assert prepared["download"]["skipped"] == 0
+    assert set(prepared["domains"]) == {"synthetic", "real", "augmented", "cutout"}
+
+    ckpts = await repository.run_checkpoints(conn, run_id)
+    assert [c["epoch"] for c in ckpts] == [1, 2]
+    assert sum(c["is_best"] for c in ckpts) == 1
+    best = next(c for c in ckpts if c["is_best"])
+    assert row["best_checkpoint_id"] == best["id"]
+    storage = LocalStorage(data_dir / "storage")
+    for c in ckpts:
+        manifest = checkpoints.read_manifest(storage, ObjectRef.parse(c["manifest_url"]))
+        assert all(s.size <= 42_000_000 for s in manifest.shards)
+        assert c["size_bytes"] == manifest.total_bytes
+
+    test = row["test_metrics"]
+    assert set(test) >= {"recall_at_1", "recall_at_5", "recall_at_10", "map"}
+    assert 0.0 <= test["recall_at_1"] <= test["recall_at_5"] <= test["recall_at_10"] <= 1.0
+    (evaluation,) = await repository.run_evaluations(conn, run_id)
+    assert evaluation["checkpoint_id"] == best["id"]
+    assert evaluation["real_to_synthetic"]["num_queries"] > 0, dict(evaluation)
+    assert evaluation["per_category"]
+    assert row["current_epoch"] == 2 and row["total_epochs"] == 2
+    assert row["data_summary"]["splits"]["test"]["products"] >= 1
+    stored = await repository.run_images(conn, run_id)
+    splits = {}
+    for r in stored:
+        splits.setdefault(r["product_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits.values())  # no product in two splits
+
+
+async def test_cancel_mid_epoch_stops_within_one_batch(conn, local_dispatcher, data_dir):
+    config = json.loads(json.dumps(TINY_RUN))
+    config["training"]["epochs"] = 50
+    config["training"]["early_stopping"] = {"enabled": False}
+    run_id = await _insert(conn, "cancel-me", config)
+
+    async def epoch_two_running():
+        events = await repository.run_events(conn, run_id)
+        return any(e["type"] == "batch.progress" and e["payload"]["epoch"] == 2
+                   and e["payload"]["batch"] >= 2 for e in events)
+
+    for _ in range(960):
+        if await epoch_two_running():
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError("epoch 2 never started")
+    assert await repository.request_cancel(conn, run_id) == "running"
+    requested = datetime.now(timezone.utc).timestamp()
+    row = await wait_for_status(conn, run_id, {"cancelled", "completed", "failed"}, timeout=60)
+    assert row["status"] == "cancelled"
+
+    events = await repository.run_events(conn, run_id)
+    after = [e for e in events if e["type"] == "batch.progress" and e["payload"]["at"] > requested]
+    assert len(after) <= 1  # at most the batch that was in flight
+    types = [e["type"] for e in events]
+    assert types[-1] == "run.cancelled"
+    ckpts = await repository.run_checkpoints(conn, run_id)
+    finished_epochs = [e["payload"]["epoch"] for e in events if e["type"] == "epoch.completed"]
+    assert [c["epoch"] for c in ckpts] == finished_epochs  # no half-written checkpoint
+    assert 2 not in finished_epochs or 3 not in [c["epoch"] for c in ckpts]
+    storage = LocalStorage(data_dir / "storage")
+    saved = {ref.key.split("/")[2] for ref in storage.list("checkpoints", f"runs/{run_id}/epoch-")}
+    assert saved == {f"epoch-{e:03d}" for e in finished_epochs}
