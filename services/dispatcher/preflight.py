@@ -9,31 +9,10 @@ import time
 from typing import Any
 
 from db import repository
-from services.common.errors import DatasetNotFound, InsufficientImages, InsufficientProducts
+from services.common.errors import DatasetNotFound
 from services.trainer.config import RunConfig, parse_config
 from services.trainer.data.manifest import count_manifest
-
-MIN_PRODUCTS = 10
-MIN_IMAGES = 100
-
-
-def check_counts(n_products: int, n_images: int) -> None:
-    """Raise the run-level error for too little data; the message says what to change."""
-    if n_products < MIN_PRODUCTS:
-        raise InsufficientProducts(
-            f"only {n_products} products match the run's data source and image config "
-            f"(at least {MIN_PRODUCTS} are needed): widen data_source, add image_types, "
-            f"or lower label_config.min_samples_per_class",
-            details={"products": n_products, "images": n_images},
-        )
-    if n_images < MIN_IMAGES:
-        raise InsufficientImages(
-            f"only {n_images} images match the run's data source and image config "
-            f"(at least {MIN_IMAGES} are needed): add image_types, use frame_selection "
-            f"'interval' or 'all', or raise image_config.max_frames_per_type",
-            details={"products": n_products, "images": n_images},
-        )
-
+from services.trainer.data.split import check_counts
 
 class Preflight:
     """Validates runs. Data counts are cached per (data source, image config, labels) for

@@ -15,13 +15,7 @@ from db import repository
 from services.trainer.config import RunConfig
 from services.trainer.data.download import DownloadConfig, LocalImage, download_images
 from services.trainer.data.manifest import ImageRecord, build_manifest
-from services.trainer.data.split import (
-    SPLITS,
-    check_minimums,
-    filter_min_samples,
-    split_by_label,
-    summarize_splits,
-)
+from services.trainer.data.split import SPLITS, check_minimums, split_for_run, summarize_splits
 
 DbCall = Callable[[Callable], Any]  # runs `fn(conn)` on the trainer's connection
 
@@ -63,14 +57,9 @@ def prepare_data(db: DbCall, run_id: int, config: RunConfig, *, storage, cache_d
     if stored:
         splits = {name: [r for r in usable if split_of[(r.url, r.product_id)] == name]
                   for name in SPLITS}
-        kept = usable
+        check_minimums(usable)
     else:
-        kept = filter_min_samples(usable, config.label_config.min_samples_per_class)
-        s = config.split
-        splits = split_by_label(kept, train_ratio=s.train_ratio, val_ratio=s.val_ratio,
-                                test_ratio=s.test_ratio, seed=s.seed)
-    check_minimums(kept)
-    if not stored:
+        splits = split_for_run(usable, config)
         rows = [{"split": name, **vars(r)} for name in SPLITS for r in splits[name]]
         db(lambda c: repository.store_run_images(c, run_id, rows))
 

@@ -47,6 +47,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 from PIL import Image, ImageOps
 
 from services.common.errors import StorageError
+from services.common.retry import backoff_delay
 from services.common.storage import SCHEME as STORAGE_SCHEME
 from services.common.storage import ObjectRef, Storage
 from services.trainer.data.manifest import ImageRecord
@@ -122,19 +123,6 @@ class DownloadReport:
 class DownloadResult:
     images: list[LocalImage]
     report: DownloadReport
-
-
-def backoff_delay(retry: int, base: float, cap: float, jitter: float) -> float:
-    """Seconds before retry number `retry` (0 = the first retry), with "equal jitter".
-
-    The ceiling doubles each retry, ``min(cap, base * 2**retry)``; the wait is half the ceiling
-    plus `jitter` (a number in [0, 1]) times the other half, so workers that failed together
-    spread out instead of retrying in step, and none retries at once.
-    """
-    if not 0.0 <= jitter <= 1.0:
-        raise ValueError(f"jitter must be in [0, 1], got {jitter}")
-    ceiling = min(cap, base * 2.0**retry)
-    return ceiling / 2 + jitter * ceiling / 2
 
 
 def redact_url(url: str) -> str:

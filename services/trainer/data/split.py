@@ -86,12 +86,16 @@ def split_by_label(
     return splits
 
 
-def check_minimums(
-    records: Sequence[ImageRecord], min_products: int = 10, min_images: int = 100
-) -> None:
-    """Raise InsufficientProducts / InsufficientImages when a run has too little to train on."""
-    n_products = len({r.product_id for r in records})
-    n_images = len(records)
+MIN_PRODUCTS = 10
+MIN_IMAGES = 100
+
+
+def check_counts(n_products: int, n_images: int, min_products: int = MIN_PRODUCTS,
+                 min_images: int = MIN_IMAGES) -> None:
+    """Raise InsufficientProducts / InsufficientImages when a run has too little to train on.
+
+    Used twice: by the dispatcher's preflight on the manifest's promise, and by the trainer on
+    the images that really downloaded."""
     details = {
         "products": n_products,
         "images": n_images,
@@ -101,8 +105,8 @@ def check_minimums(
     if n_products < min_products:
         raise InsufficientProducts(
             f"only {n_products} products have usable images, at least {min_products} are "
-            "needed: choose a data source with more products, add images, or include more "
-            "image types",
+            "needed: choose a data source with more products, add images, include more "
+            "image types or lower label_config.min_samples_per_class",
             details=details,
         )
     if n_images < min_images:
@@ -114,11 +118,18 @@ def check_minimums(
         )
 
 
+def check_minimums(
+    records: Sequence[ImageRecord], min_products: int = MIN_PRODUCTS, min_images: int = MIN_IMAGES
+) -> None:
+    """check_counts over records: distinct products and images."""
+    check_counts(len({r.product_id for r in records}), len(records), min_products, min_images)
+
+
 def split_for_run(
     records: Iterable[ImageRecord],
     config: RunConfig,
-    min_products: int = 10,
-    min_images: int = 100,
+    min_products: int = MIN_PRODUCTS,
+    min_images: int = MIN_IMAGES,
 ) -> dict[str, list[ImageRecord]]:
     """The trainer's one call: min-samples filter, minimums check, then the split."""
     kept = filter_min_samples(records, config.label_config.min_samples_per_class)

@@ -146,7 +146,7 @@ async def test_preflight_data_minimums(dispatcher, catalog_conn):
     assert rows[few_products]["error_code"] == "insufficient_products"
     assert "only 3 products" in rows[few_products]["error_message"]
     assert rows[few_images]["error_code"] == "insufficient_images"
-    assert "only 48 images" in rows[few_images]["error_message"]
+    assert "only 48 usable images" in rows[few_images]["error_message"]
     assert rows[no_dataset]["error_code"] == "dataset_not_found"
 
 
