@@ -1,0 +1,255 @@
+"""Training-loop overhead: the engine against a bare PyTorch loop on the same run.
+
+Same tiny model (same init), data, batch plan and loss through (a) a plain loop
+(DataLoader -> forward -> loss -> backward -> clip -> AdamW) and (b) `engine.Trainer` with hooks
+that do the production hooks' kind of work: throttled progress events serialised to JSON, a
+stop flag checked before every batch, an FP16 sharded checkpoint plus resume state written to a
+LocalStorage temp dir after every epoch, on a checkpoints.BackgroundSaver thread
+(`--sync-checkpoints`: on the training thread).
+
+The two loops run interleaved batch by batch: before each engine batch the hooks run one batch
+of the bare loop (its own model copy, optimizer and DataLoader) and time it apart. On a shared
+VM the machine's speed drifts by tens of percent within seconds, so timing the loops one after
+the other mostly measures that drift; alternating every ~50 ms cancels it. Engine time = its
+`run()` wall (or CPU) time less the bare batches run inside it and less its per-epoch
+validation (work the bare loop does not do; the hooks time the gap between an epoch's last
+batch and its checkpoint). Hooks, checkpoint writing and all of the engine's bookkeeping count.
+Target: engine / bare >= 0.97.
+
+One torch thread by default: with one thread per core (torch's default) every small op of a
+tiny model waits at a thread barrier for the other core, and when any other process holds that
+core the run slows down twenty-fold. `--threads 2` is for a machine with nothing else running.
+
+    python bench/trainer_overhead.py [--repeats 3] [--epochs 2] [--threads N] [--sync-checkpoints]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+# A script's own folder comes first on sys.path, and bench/ holds a queue.py that would shadow
+# the standard library's `queue` (which torch imports).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from services.common.storage import LocalStorage  # noqa: E402
+from services.trainer.checkpoints import BackgroundSaver, save_epoch  # noqa: E402
+from services.trainer.config import RunConfig  # noqa: E402
+from services.trainer.engine import Trainer, seed_everything  # noqa: E402
+from services.trainer.losses import build_loss  # noqa: E402
+from services.trainer.model import build_embedding_model, preprocessing  # noqa: E402
+from services.trainer.sampler import batch_plan  # noqa: E402
+
+DOMAINS = ("synthetic", "real")
+
+
+class SyntheticItems:
+    """In-memory images, one noisy prototype per label (engine.ItemDataset)."""
+
+    def __init__(self, n_labels: int, per_label: int, size: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        n = n_labels * per_label
+        protos = torch.randn(n_labels, 3, size, size, generator=g)
+        noise = 0.5 * torch.randn(n, 3, size, size, generator=g)
+        self.images = protos.repeat_interleave(per_label, 0) + noise
+        self.labels = [i // per_label for i in range(n)]
+        self.domains = [DOMAINS[i % 2] for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i], self.domains[i]
+
+
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+class ProductionLikeHooks:
+    """Throttled JSON progress events, a stop flag, sharded checkpoints each epoch (on a
+    BackgroundSaver thread, or inline with `background=False`)."""
+
+    def __init__(self, storage: LocalStorage, config: RunConfig, *, background: bool = True,
+                 every_s: float = 0.5):
+        self.storage, self.config, self.every_s = storage, config, every_s
+        self.saver = BackgroundSaver() if background else None
+        self.events: list[str] = []
+        self.stop = threading.Event()
+        self._last = 0.0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.events.append(json.dumps({"type": "epoch.started", "epoch": epoch}))
+
+    def on_batch(self, progress: dict) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.events.append(json.dumps({"type": "batch.progress", **progress}))
+
+    def should_stop(self) -> str | None:
+        return "cancel requested" if self.stop.is_set() else None
+
+    def save_checkpoint(self, epoch: int, model, summary: dict, resume_state: dict) -> None:
+        args = (self.storage, model, resume_state)
+        kwargs = dict(
+            run_id="bench", epoch=epoch, model_name=self.config.model,
+            preprocessing=preprocessing(self.config), label_map={},
+            metrics={"val": summary["val"]},
+            max_object_bytes=self.config.checkpoint.max_object_bytes,
+        )
+        if self.saver is not None:
+            self.saver.submit(save_epoch, *args, **kwargs)
+        else:
+            save_epoch(*args, **kwargs)
+
+    def on_epoch_end(self, summary: dict) -> None:
+        self.events.append(json.dumps({"type": "epoch.completed", **summary}))
+
+
+class InterleavingHooks(ProductionLikeHooks):
+    """Production-like hooks that also run (and time apart) one bare batch per engine batch."""
+
+    def __init__(self, storage: LocalStorage, config: RunConfig, bare: Iterator[int], *,
+                 background: bool):
+        super().__init__(storage, config, background=background)
+        self.bare = bare
+        self.bare_time = [0.0, 0.0]  # (wall, cpu) spent in bare batches
+        self.validation = [0.0, 0.0]  # (wall, cpu) from an epoch's last batch to its checkpoint
+        self._epoch_done = False
+        self._after_last = (0.0, 0.0)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        self._epoch_done = False
+
+    def should_stop(self) -> str | None:
+        if not self._epoch_done:  # the call before each engine batch, not the one after the last
+            wall, cpu = _clocks()
+            next(self.bare)
+            now_wall, now_cpu = _clocks()
+            self.bare_time[0] += now_wall - wall
+            self.bare_time[1] += now_cpu - cpu
+        return super().should_stop()
+
+    def on_batch(self, progress: dict) -> None:
+        super().on_batch(progress)
+        if progress["batch"] == progress["num_batches"]:
+            self._epoch_done = True
+            self._after_last = _clocks()
+
+    def save_checkpoint(self, epoch: int, model, summary: dict, resume_state: dict) -> None:
+        wall, cpu = _clocks()
+        self.validation[0] += wall - self._after_last[0]
+        self.validation[1] += cpu - self._after_last[1]
+        super().save_checkpoint(epoch, model, summary, resume_state)
+
+
+def make_config(epochs: int) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": "tiny-dinov2",
+        "training": {"epochs": epochs, "batch_size": 32, "image_size": 56, "embedding_dim": 64,
+                     "learning_rate": 1e-3, "min_lr": 1e-5, "warmup_epochs": 0.5,
+                     "num_workers": 0},
+        "sampler": {"p": 8, "k": 4},
+        "loss": {"miner": "batch_hard"},
+        "checkpoint": {"max_object_bytes": 1_000_000},
+    })
+
+
+def build(config: RunConfig, train: SyntheticItems):
+    seed_everything(config.training.seed)
+    model = build_embedding_model(config)
+    loss = build_loss(config.loss, num_classes=max(train.labels) + 1,
+                      embedding_dim=config.training.embedding_dim)
+    return model, loss
+
+
+def bare_batches(config: RunConfig, train: SyntheticItems, model, loss) -> Iterator[int]:
+    """A plain loop over the engine's batch plan, one batch per `next()` (yields its size)."""
+    t = config.training
+    params = list(model.parameters()) + loss.arcface_parameters()
+    # fused: the kernel the engine uses, so the comparison is about the loop, not the optimizer
+    opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
+    model.train()
+    for epoch in range(1, t.epochs + 1):
+        plan = batch_plan(config.sampler, t.batch_size, train.labels, seed=t.seed, epoch=epoch,
+                          domains=train.domains)
+        for images, labels, domains in DataLoader(train, batch_sampler=plan):
+            parts = loss(model(images), labels, domains)
+            parts["total"].backward()
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            yield len(labels)
+
+
+def interleaved_run(
+    config: RunConfig, train: SyntheticItems, val: SyntheticItems, *, background: bool
+) -> dict:
+    """images/s of the bare loop and of the engine, by wall clock and by CPU time."""
+    bare = bare_batches(config, train, *build(config, train))
+    model, loss = build(config, train)
+    with tempfile.TemporaryDirectory() as tmp:
+        hooks = InterleavingHooks(LocalStorage(Path(tmp)), config, bare, background=background)
+        trainer = Trainer(model, loss, train, val, config, device="cpu", hooks=hooks)
+        wall, cpu = _clocks()
+        result = trainer.run()
+        if hooks.saver is not None:
+            hooks.saver.wait()  # the last checkpoint's upload counts too
+        wall, cpu = (end - start for end, start in zip(_clocks(), (wall, cpu)))
+    images = sum(e["num_batches"] for e in result.epochs) * config.training.batch_size
+    engine_wall = wall - hooks.bare_time[0] - hooks.validation[0]
+    engine_cpu = cpu - hooks.bare_time[1] - hooks.validation[1]
+    return {
+        "bare_wall": images / hooks.bare_time[0], "bare_cpu": images / hooks.bare_time[1],
+        "engine_wall": images / engine_wall, "engine_cpu": images / engine_cpu,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: see the module docstring)")
+    parser.add_argument("--sync-checkpoints", action="store_true",
+                        help="save checkpoints on the training thread, not a BackgroundSaver")
+    args = parser.parse_args()
+    background = not args.sync_checkpoints
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = make_config(args.epochs)
+    train = SyntheticItems(160, 8, 56, seed=0)  # 1280 images: 40 batches of 8 x 4 per epoch
+    val = SyntheticItems(16, 4, 56, seed=1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(train)} train "
+          f"images, {args.epochs} epochs per run, batch 32 (8 x 4) at 56 px, tiny-dinov2, "
+          f"checkpoints {'in the background' if background else 'inline'}")
+    interleaved_run(make_config(1), train, val, background=background)  # warm-up
+    runs = []
+    for i in range(args.repeats):
+        r = interleaved_run(config, train, val, background=background)
+        runs.append(r)
+        print(f"  run {i + 1}: bare {r['bare_wall']:6.1f} img/s ({r['bare_cpu']:6.1f} per CPU-s) | "
+              f"engine {r['engine_wall']:6.1f} img/s ({r['engine_cpu']:6.1f} per CPU-s) | "
+              f"ratio {r['engine_wall'] / r['bare_wall']:.3f} wall, "
+              f"{r['engine_cpu'] / r['bare_cpu']:.3f} CPU")
+    for clock in ("wall", "cpu"):
+        bare = statistics.median(r[f"bare_{clock}"] for r in runs)
+        engine = statistics.median(r[f"engine_{clock}"] for r in runs)
+        ratio = statistics.median(r[f"engine_{clock}"] / r[f"bare_{clock}"] for r in runs)
+        print(f"{clock:>4}: bare {bare:6.1f} img/s | engine {engine:6.1f} img/s | "
+              f"engine/bare {ratio:.3f} (median of {len(runs)}; target >= 0.97)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Pure decisions about epochs: the best checkpoint, early stopping, remaining epochs on resume.
+
+Epochs are numbered from 1; `last_completed_epoch` 0 means none has finished yet.
+Best = highest validation Recall@1; ties go to the lower validation loss, then the earlier epoch.
+A missing (None) or NaN Recall@1 ranks below every number, a missing or NaN loss above every loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class EpochScore:
+    epoch: int
+    val_recall_at_1: float | None
+    val_loss: float | None
+
+
+def _finite(value: float | None, default: float) -> float:
+    return default if value is None or math.isnan(value) else value
+
+
+def best_epoch(scores: Iterable[EpochScore]) -> EpochScore | None:
+    """The epoch whose checkpoint is the best (None when there are no epochs)."""
+
+    def key(s: EpochScore) -> tuple[float, float, int]:
+        return (
+            _finite(s.val_recall_at_1, -math.inf),
+            -_finite(s.val_loss, math.inf),
+            -s.epoch,
+        )
+
+    return max(scores, key=key, default=None)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a val Recall@1 gain larger than `min_delta`."""
+
+    patience: int
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, value: float | None) -> bool:
+        """Record one epoch's val Recall@1; True when training should stop now."""
+        value = _finite(value, -math.inf)
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "EarlyStopping":
+        return cls(**state)
+
+
+def remaining_epochs(total_epochs: int, last_completed_epoch: int) -> int:
+    """Epochs still to train when a run of `total_epochs` resumes after `last_completed_epoch`."""
+    if total_epochs < 1 or last_completed_epoch < 0:
+        raise ValueError(
+            f"need total_epochs >= 1 and last_completed_epoch >= 0, got {total_epochs}, "
+            f"{last_completed_epoch}"
+        )
+    return max(0, total_epochs - last_completed_epoch)
