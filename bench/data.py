@@ -141,6 +141,37 @@ def data_throughput(
         return figures
 
 
+def training_step_throughput(train_size: int = 64, batch_size: int = 32, steps: int = 15) -> float:
+    """Images per second of the demo's tiny model doing forward + backward + AdamW step on
+    batches already in memory: the rate the loader has to keep up with."""
+    import torch
+
+    from services.trainer.losses import build_loss
+    from services.trainer.model import build_embedding_model
+
+    torch.set_num_threads(1)  # as bench/trainer_overhead.py: two threads collapse on a busy 2-core box
+    config = RunConfig.model_validate({"model": "tiny-dinov2", "training": {
+        "image_size": train_size, "embedding_dim": 128, "batch_size": batch_size},
+        "sampler": {"p": batch_size // 4, "k": 4}})
+    model = build_embedding_model(config)
+    loss = build_loss(config.loss, num_classes=batch_size // 4, embedding_dim=128)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(loss.parameters()), lr=1e-4)
+    images = torch.randn(batch_size, 3, train_size, train_size)
+    labels = torch.arange(batch_size) // 4
+    domains = ["synthetic", "real"] * (batch_size // 2)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss(model(images), labels, domains)["total"].backward()
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return _rate(steps * batch_size, time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=30)
@@ -156,6 +187,11 @@ def main() -> None:
         train_size=args.train_size,
         frame_count=args.frames,
     )
+    train_step = training_step_throughput(args.train_size)
+    figures["tiny_model_train_step_images_per_s"] = train_step
+    for workers in (0, 2):
+        key = f"train_decode_transform_workers{workers}_images_per_s"
+        figures[f"loader_vs_train_step_ratio_workers{workers}"] = round(figures[key] / train_step, 2)
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
