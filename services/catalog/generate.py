@@ -16,10 +16,15 @@ Decisions:
   cutout 1) with largest remainder. Each real photo is a "source": its augmented copies and
   its cutout carry the photo's `source_key`, so retrieval can exclude an item's own copies.
   Without the real domain the sources are still drawn, just not stored.
-- Products of one brand share the brand's palette and differ by shape, layout (band
-  position, backdrop, emblem, emblem side), proportions and text, so colour alone cannot
-  tell them apart. Each brand sells in one category (categories taken in turn, so a large
-  catalog has several brands per category); about 4 products per brand.
+- Colour identifies a category, never a product. Each category has a colour code (its
+  palette), the way a shelf of milk or of tea follows one: the about 3 brands competing in a
+  category (`BRANDS_PER_CATEGORY`; own-label lookalikes copy the leader's colours) all use it,
+  and every brand has about 4 products (`PRODUCTS_PER_BRAND`). So some 12 products share each
+  palette and differ only by shape, layout (band position, backdrop, emblem, emblem side),
+  proportions and text; within a category no two products have the same layout. A catalog of
+  n products uses about n / 12 categories (at most all 7, drawn by the seed), so any split of
+  it holds several products of each palette: a colour histogram finds the category, not the
+  product.
 - Everything is drawn from generators seeded by (seed, product, image), so a seed always gives
   the same catalog, byte for byte.
 - Real photos and augmented copies are JPEG (as phone photos are), frames and cutouts PNG.
@@ -79,6 +84,7 @@ SYLLABLES = ("nor", "vel", "bri", "ka", "lu", "zen", "mo", "tri", "ari", "do", "
 ENDINGS = ("ka", "via", "mo", "ra", "lo", "x", "na", "to", "is", "en")
 DOMAIN_WEIGHTS = {"real": 2, "augmented": 2, "cutout": 1}
 PRODUCTS_PER_BRAND = 4
+BRANDS_PER_CATEGORY = 3
 
 
 def domain_counts(n_images: int, domains: Iterable[str]) -> dict[str, int]:
@@ -104,33 +110,36 @@ def _barcode(rng: np.random.Generator, taken: set[str]) -> str:
             return code
 
 
+def _palette(hue: float, rng: np.random.Generator) -> Palette:
+    return Palette(
+        primary=hsv(hue, rng.uniform(0.55, 0.9), rng.uniform(0.45, 0.9)),
+        secondary=hsv(hue + rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.7), rng.uniform(0.8, 1.0)),
+        accent=hsv(hue + rng.uniform(0.1, 0.2), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)),
+    )
+
+
 def _brands(n_brands: int, rng: np.random.Generator) -> list[tuple[str, Palette, str]]:
+    """(name, palette, category) per brand: brands take the categories in turn, and every
+    brand of a category uses the category's palette."""
     names: list[str] = []
     while len(names) < n_brands:
         name = (str(rng.choice(SYLLABLES)) + str(rng.choice(ENDINGS))).capitalize()
         if name not in names:
             names.append(name)
-    categories = list(CATEGORIES)
+    n_categories = min(len(CATEGORIES), math.ceil(n_brands / BRANDS_PER_CATEGORY))
+    categories = [list(CATEGORIES)[j] for j in rng.permutation(len(CATEGORIES))[:n_categories]]
     hue0 = rng.random()
-    brands = []
-    for i, name in enumerate(names):
-        hue = hue0 + i * 0.618034
-        palette = Palette(
-            primary=hsv(hue, rng.uniform(0.55, 0.9), rng.uniform(0.45, 0.9)),
-            secondary=hsv(
-                hue + rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.7), rng.uniform(0.8, 1.0)
-            ),
-            accent=hsv(hue + rng.uniform(0.1, 0.2), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)),
-        )
-        brands.append((name, palette, categories[i % len(categories)]))
-    return brands
+    palettes = [_palette(hue0 + c * 0.618034, rng) for c in range(n_categories)]
+    return [(name, palettes[i % n_categories], categories[i % n_categories])
+            for i, name in enumerate(names)]
 
 
 def plan_catalog(n_products: int, seed: int) -> list[PackageDesign]:
     """The designs alone, no drawing.
 
-    Within a brand the shapes of the category take turns, and every product gets a different
-    (band, backdrop, emblem, emblem side) layout.
+    Within a brand the shapes of the category take turns, and every product of a category
+    (all brands: they share its palette) gets a different (band, backdrop, emblem, emblem side)
+    layout.
     """
     rng = np.random.default_rng([seed, 0])
     n_brands = max(2, math.ceil(n_products / PRODUCTS_PER_BRAND))
@@ -138,15 +147,18 @@ def plan_catalog(n_products: int, seed: int) -> list[PackageDesign]:
     taken: set[str] = set()
     designs: list[PackageDesign] = []
     looks: dict[str, list] = {}
+    used: dict[str, int] = {}
     for i in range(n_products):
         brand, palette, category = brands[i % n_brands]
         shapes, nouns = CATEGORIES[category]
-        if brand not in looks:
+        if category not in looks:
             combos = list(itertools.product(BANDS, BACKDROPS, EMBLEMS, ("left", "center", "right")))
-            looks[brand] = [combos[j] for j in rng.permutation(len(combos))]
+            looks[category] = [combos[j] for j in rng.permutation(len(combos))]
         k = i // n_brands
         shape = shapes[(k + i) % len(shapes)]
-        band, backdrop, emblem, side = looks[brand][k % len(looks[brand])]
+        n_used = used.get(category, 0)
+        used[category] = n_used + 1
+        band, backdrop, emblem, side = looks[category][n_used % len(looks[category])]
         heights, widths, depths = PROPORTIONS[shape]
         variant = VARIANTS[(k * 5 + i) % len(VARIANTS)]
         designs.append(

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=2.0, ge=0,
                                      validation_alias="SKUTRAIN_PROGRESS_INTERVAL")
 
+    torch_threads: int | None = Field(default=None, ge=1, validation_alias="SKUTRAIN_TORCH_THREADS")
+
     log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
 

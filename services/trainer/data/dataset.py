@@ -13,6 +13,11 @@ per-worker seeding make them reproducible.
 - Both end normalised with the ImageNet mean and std, which DINOv2/v3 were trained with.
 Images are decoded from the cache at a reduced JPEG scale when possible (`draft`), which keeps
 decoding cheap for large photos.
+
+Besides `labels` and `domains` (what the sampler plans from), a dataset lists per item its
+`categories` (the product's category, for per-category metrics) and `sources` (see
+`image_source`: retrieval never counts an item of the query's own source), and per label index
+its `label_names` (the label string, the product id by default) for hard-case reports.
 """
 from __future__ import annotations
 
@@ -35,6 +40,24 @@ CROP_TRIES = 10
 JITTER = 0.2
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 N_DRAWS = 2 * CROP_TRIES + 2 + 4  # crop tries, crop position, flip, three jitter factors
+
+
+def image_source(domain: str, url: str, source_key: str | None) -> str:
+    """The capture an image comes from; retrieval excludes a query's own capture.
+
+    - A photo's augmented copies and its cutout carry the photo's `source_key`: one source.
+    - Synthetic frames are one turntable video: every frame of a video (its folder,
+      ``.../frames/frame_0003.png`` -> ``.../frames``) is one source. Its frames share the
+      studio backdrop and light and differ only by the rotation, so neighbouring frames are
+      near-duplicates (even a colour histogram matches them); a frame has to be matched by
+      the product's photos or cutouts instead (and they by its frames).
+    - Any other image without a `source_key` is a source of its own (its URL).
+    """
+    if domain == "synthetic":
+        return "video:" + url.rsplit("/", 1)[0]
+    if source_key:
+        return "photo:" + source_key
+    return "image:" + url
 
 
 def build_label_index(labels: Iterable[str]) -> dict[str, int]:
@@ -98,7 +121,11 @@ def _normalised_chw(x: np.ndarray) -> torch.Tensor:
 
 
 class ProductImageDataset(Dataset):
-    """Items are (image CHW float32, label index, domain); `labels` serves P-K samplers."""
+    """Items are (image CHW float32, label index, domain); `labels` serves P-K samplers.
+
+    Per item also `categories` and `sources` (`image_source`), and `label_names` maps each
+    label index back to its label string, which the evaluation reports instead of indices.
+    """
 
     def __init__(
         self,
@@ -118,6 +145,11 @@ class ProductImageDataset(Dataset):
         )
         self.labels = [self.label_to_index[i.record.label] for i in self.images]
         self.domains = [i.record.domain for i in self.images]
+        self.categories = [i.record.category for i in self.images]
+        self.sources = [
+            image_source(i.record.domain, i.record.url, i.record.source_key) for i in self.images
+        ]
+        self.label_names = {index: label for label, index in self.label_to_index.items()}
 
     def __len__(self) -> int:
         return len(self.images)

@@ -13,7 +13,7 @@ from services.trainer.config import RunConfig
 from services.trainer.data.download import DownloadConfig, download_images
 from services.trainer.data.manifest import build_manifest
 
-N_PRODUCTS, FRAMES, SIZE = 12, 8, 64
+N_PRODUCTS, FRAMES, SIZE = 36, 8, 64  # 9 brands in 3 categories, one palette each
 
 
 def rows(products):
@@ -79,8 +79,12 @@ def test_same_seed_same_bytes(catalog, tmp_path):
     assert digests(tmp_path) == digests(root)
 
 
-def test_colour_identifies_the_brand_not_the_product(catalog):
-    """Nearest neighbour by colour histogram: photos and cutouts against turntable frames."""
+def test_colour_identifies_the_category_not_the_product(catalog):
+    """Nearest neighbour by colour histogram: photos and cutouts against turntable frames.
+
+    The brands of a category share its palette, so colour finds the category well above
+    chance (1 in 3), but within the category it is hardly better than a guess among its 12
+    products."""
     root, products = catalog
     storage = LocalStorage(root)
 
@@ -98,11 +102,13 @@ def test_colour_identifies_the_brand_not_the_product(catalog):
     g, q = colour_histogram_embeddings(gallery), colour_histogram_embeddings(queries)
     nearest = np.asarray(gallery_product)[(q @ g.T).argmax(1)]
     truth = np.asarray(query_product)
-    brands = np.asarray([p["brand_name"] for p in products])
+    categories = np.asarray([p["category"] for p in products])
+    assert len(set(categories)) == 3
+    assert len({p["brand_name"] for p in products}) == 9
     product_r1 = float((nearest == truth).mean())
-    brand_r1 = float((brands[nearest] == brands[truth]).mean())
-    assert product_r1 < 0.5
-    assert brand_r1 > product_r1 + 0.2
+    category_r1 = float((categories[nearest] == categories[truth]).mean())
+    assert category_r1 > 1 / 3 + 0.2
+    assert product_r1 < category_r1 / 4
 
 
 def test_generator_writes_to_s3(s3_client):

@@ -1,4 +1,5 @@
 """The catalog plan and the colour baseline (pure parts of services/catalog)."""
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -41,16 +42,31 @@ def test_plan_is_deterministic_and_products_distinct():
     for d in designs:
         by_brand[d.brand].append(d)
     assert len(by_brand) == 10
-    assert len({d.category for d in designs}) >= 5
     for products in by_brand.values():
-        assert len({d.palette for d in products}) == 1  # a brand shares one palette
-        looks = {(d.shape, d.band, d.backdrop, d.emblem, d.emblem_side) for d in products}
-        assert len(looks) == len(products)  # ... and differs by shape and layout
-        assert len({d.category for d in products}) == 1
+        assert len({d.palette for d in products}) == 1  # a brand has one palette
+        assert len({d.category for d in products}) == 1  # ... and sells in one category
     shapes_of_multi_shape_brands = [
         {d.shape for d in ps} for ps in by_brand.values() if ps[0].category != "canned_food"
     ]
     assert all(len(s) >= 2 for s in shapes_of_multi_shape_brands)
+
+
+@pytest.mark.parametrize("n_products", [40, 80, 200])
+def test_colour_is_shared_by_a_category_not_owned_by_a_product(n_products):
+    """Each category has one palette, used by several brands: ~12 products share a palette
+    and differ by shape and layout, which no two products of a palette have in common."""
+    designs = plan_catalog(n_products, seed=7)
+    by_palette = defaultdict(list)
+    for d in designs:
+        by_palette[d.palette].append(d)
+    n_categories = len({d.category for d in designs})
+    assert len(by_palette) == n_categories == min(7, math.ceil(n_products / 12))
+    for products in by_palette.values():
+        assert len({d.category for d in products}) == 1
+        assert len({d.brand for d in products}) >= 2
+        assert len(products) >= 8
+        layouts = {(d.band, d.backdrop, d.emblem, d.emblem_side) for d in products}
+        assert len(layouts) == len(products)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

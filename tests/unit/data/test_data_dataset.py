@@ -11,6 +11,7 @@ from services.trainer.data.dataset import (
     N_DRAWS,
     ProductImageDataset,
     build_label_index,
+    image_source,
     random_crop_box,
 )
 from services.trainer.data.download import LocalImage
@@ -94,3 +95,41 @@ def test_random_crop_box_bounds():
         for _ in range(100):
             left, top, right, bottom = random_crop_box(width, height, rng.random(N_DRAWS))
             assert 0 <= left < right <= width and 0 <= top < bottom <= height
+
+
+def test_image_source_groups_captures():
+    frames = "storage://catalog/products/123/frames"
+    # every frame of one turntable video is one source
+    assert image_source("synthetic", f"{frames}/frame_0000.png", None) == image_source(
+        "synthetic", f"{frames}/frame_0009.png", None)
+    assert image_source("synthetic", f"{frames}/frame_0000.png", None) != image_source(
+        "synthetic", "storage://catalog/products/456/frames/frame_0000.png", None)
+    # a photo, its augmented copies and its cutout share the photo's source_key
+    photo = image_source("real", "storage://x/real/000.jpg", "123/photo_000")
+    assert image_source("augmented", "storage://x/augmented/003.jpg", "123/photo_000") == photo
+    assert image_source("cutout", "storage://x/cutout/000.png", "123/photo_000") == photo
+    assert image_source("real", "storage://x/real/001.jpg", "123/photo_001") != photo
+    # without a source_key an image is its own source
+    assert image_source("real", "https://a/1.jpg", None) != image_source("real", "https://a/2.jpg", None)
+
+
+def test_sources_categories_and_label_names(tmp_path):
+    def item(i, label, domain, url, source_key, category):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+        return LocalImage(ImageRecord(i, url, domain, None, category, "br", label, source_key), path)
+
+    images = [
+        item(0, "17", "synthetic", "storage://c/p/17/frames/frame_0000.png", None, "dairy"),
+        item(1, "17", "synthetic", "storage://c/p/17/frames/frame_0003.png", None, "dairy"),
+        item(2, "17", "real", "storage://c/p/17/real/000.jpg", "17/photo_000", "dairy"),
+        item(3, "17", "augmented", "storage://c/p/17/augmented/000.jpg", "17/photo_000", "dairy"),
+        item(4, "5", "real", "storage://c/p/5/real/000.jpg", "5/photo_000", None),
+    ]
+    ds = ProductImageDataset(images, 16, train=False)
+    assert ds.categories == ["dairy"] * 4 + [None]
+    assert ds.sources[0] == ds.sources[1] != ds.sources[2] == ds.sources[3] != ds.sources[4]
+    assert ds.label_to_index == {"17": 0, "5": 1}
+    assert [ds.label_names[i] for i in ds.labels] == ["17", "17", "17", "17", "5"]
+    given = ProductImageDataset(images, 16, train=False, label_to_index={"17": 4, "5": 9})
+    assert given.label_names == {4: "17", 9: "5"}
