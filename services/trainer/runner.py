@@ -59,6 +59,7 @@ class RunHooks:
         self.scores: list[EpochScore] = []
         self.best: int | None = None
         self.manifests: dict[int, str] = {}
+        self.val_metrics: dict[int, dict[str, Any]] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
         self.writer.emit("epoch.started", {"epoch": epoch})
@@ -92,14 +93,18 @@ class RunHooks:
             "shard_count": len(manifest.shards), "train_loss": summary["train_loss"]["total"],
             "val_loss": summary["val"].get("loss"), "metrics": metrics,
         })
-        self.scores.append(EpochScore(epoch, summary["val"].get("recall@1"),
-                                      summary["val"].get("loss")))
+        self.record_epoch(epoch, summary["val"])
         best = best_epoch(self.scores)
         if best is not None and best.epoch != self.best:
             self.best = best.epoch
-            self.writer.emit("checkpoint.best", {"epoch": best.epoch, "metrics": metrics
-                                                 if best.epoch == epoch else None})
+            self.writer.emit("checkpoint.best", {"epoch": best.epoch,
+                                                 "metrics": self.val_metrics[best.epoch]})
         self._apply_keep_policy(epoch)
+
+    def record_epoch(self, epoch: int, val: dict[str, Any]) -> None:
+        """An epoch's validation result, for the best-checkpoint choice (earlier attempts too)."""
+        self.scores.append(EpochScore(epoch, val.get("recall@1"), val.get("loss")))
+        self.val_metrics[epoch] = _metrics(val)
 
     def _apply_keep_policy(self, epoch: int) -> None:
         if self.config.checkpoint.keep != "best_and_last":
@@ -175,8 +180,7 @@ def _train(env, writer, db, run_id, lease_epoch, config: RunConfig, log) -> str:
     trainer = Trainer(model, loss, train, val, config, device=env.device, hooks=hooks,
                       resume_state=resume)
     for past in trainer.history:  # epochs of an earlier attempt count for the best choice
-        hooks.scores.append(EpochScore(past["epoch"], past["val"].get("recall@1"),
-                                       past["val"].get("loss")))
+        hooks.record_epoch(past["epoch"], past["val"])
     result = trainer.run()
     if result.status == "stopped":
         return _stopped(writer, db, run_id, lease_epoch, result.stop_reason)

@@ -37,7 +37,7 @@ async def catalog(conn, data_dir):
 async def local_dispatcher(db_url, data_dir, catalog):
     launcher = LocalLauncher(log_dir=data_dir / "logs", max_concurrent=2, env={
         "DATABASE_URL": db_url, "SKUTRAIN_DATA_DIR": str(data_dir),
-        "SKUTRAIN_PROGRESS_INTERVAL": "0", "SKUTRAIN_LOG_LEVEL": "INFO"})
+        "SKUTRAIN_PROGRESS_INTERVAL": "0", "SKUTRAIN_LOG_LEVEL": "INFO", "HF_TOKEN": ""})
     dispatcher = Dispatcher(db_url, launcher, DispatcherConfig(poll_interval=0.5))
     await dispatcher.start()
     task = asyncio.create_task(dispatcher.wait())

@@ -106,3 +106,15 @@ async def test_cancel_mid_epoch_stops_within_one_batch(conn, local_dispatcher, d
     storage = LocalStorage(data_dir / "storage")
     saved = {ref.key.split("/")[2] for ref in storage.list("checkpoints", f"runs/{run_id}/epoch-")}
     assert saved == {f"epoch-{e:03d}" for e in finished_epochs}
+
+
+async def test_unavailable_model_fails_the_run_with_an_actionable_message(conn, local_dispatcher):
+    config = json.loads(json.dumps(TINY_RUN))
+    config["model"] = "dinov3-base"  # gated: needs HF_TOKEN, which the trainer's env lacks
+    run_id = await _insert(conn, "gated", config)
+    row = await wait_for_status(conn, run_id, {"completed", "failed", "cancelled"}, timeout=120)
+    assert row["status"] == "failed"
+    assert row["error_code"] == "model_unavailable"
+    assert "HF_TOKEN" in row["error_message"]
+    types = [e["type"] for e in await repository.run_events(conn, run_id)]
+    assert types[-1] == "run.failed" and "data.prepared" in types
