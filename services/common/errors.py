@@ -51,13 +51,11 @@ class LeaseLost(SkutrainError):
     code = "lease_lost"
 
 
-class RunCancelled(SkutrainError):
-    code = "cancelled"
-
-
 class LaunchFailed(SkutrainError):
     code = "launch_failed"
 
 
 class TrainingFailed(SkutrainError):
+    """An unexpected error inside training (a bug or a library failure)."""
+
     code = "training_failed"

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from db import repository
-from services.common.errors import SkutrainError
-from services.common.logging import get_logger
+from services.common.errors import SkutrainError, TrainingFailed
+from services.common.logging import get_logger, redact_text
 from services.common.storage import ObjectRef, Storage
 from services.trainer import checkpoints
 from services.trainer.best import EpochScore, best_epoch
@@ -155,8 +155,8 @@ def run_attempt(env: TrainerEnvironment, run_id: int, attempt: int, lease_epoch:
         return _finish(writer, db, run_id, lease_epoch, "failed", exc.code, exc.message)
     except Exception as exc:  # a bug or an unexpected library error: still end the run clearly
         log.exception("run.crashed")
-        return _finish(writer, db, run_id, lease_epoch, "failed", "training_failed",
-                       f"{type(exc).__name__}: {exc}")
+        return _finish(writer, db, run_id, lease_epoch, "failed", TrainingFailed.code,
+                       redact_text(f"{type(exc).__name__}: {exc}"))
     finally:
         writer.close()
 
