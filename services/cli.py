@@ -175,6 +175,8 @@ def cmd_demo(args, settings: Settings) -> int:
 
     from services.demo import run_demo
 
+    # The demo shows its own progress from the events; service logs only when something is wrong.
+    configure_logging("WARNING", settings.log_format)
     return asyncio.run(run_demo(settings, Console()))
 
 
