@@ -211,6 +211,14 @@ def read_manifest(storage: Storage, manifest_ref: ObjectRef) -> CheckpointManife
     return CheckpointManifest.from_json(storage.get(manifest_ref))
 
 
+def delete_checkpoint(storage: Storage, manifest_ref: ObjectRef) -> None:
+    """Remove a checkpoint's shards, then its manifest (so a half-deleted one reads as corrupt,
+    never as complete)."""
+    for shard in read_manifest(storage, manifest_ref).shards:
+        storage.delete(ObjectRef(manifest_ref.bucket, shard.key))
+    storage.delete(manifest_ref)
+
+
 def load_checkpoint(
     storage: Storage, manifest_ref: ObjectRef
 ) -> tuple[dict[str, torch.Tensor], CheckpointManifest]:

@@ -111,11 +111,7 @@ class RunHooks:
             return
         for old, url in list(self.manifests.items()):
             if old not in (epoch, self.best):
-                manifest_ref = ObjectRef.parse(url)
-                manifest = checkpoints.read_manifest(self.env.storage, manifest_ref)
-                for shard in manifest.shards:
-                    self.env.storage.delete(ObjectRef(manifest_ref.bucket, shard.key))
-                self.env.storage.delete(manifest_ref)
+                checkpoints.delete_checkpoint(self.env.storage, ObjectRef.parse(url))
                 del self.manifests[old]
                 self.writer.emit("checkpoint.deleted", {"epoch": old, "manifest_url": url})
 

@@ -10,6 +10,7 @@ from services.common.storage import LocalStorage, ObjectRef
 from services.trainer.checkpoints import (
     BUCKET,
     BackgroundSaver,
+    delete_checkpoint,
     load_checkpoint,
     load_embedding_model,
     load_resume_state,
@@ -161,3 +162,12 @@ def test_background_saver_runs_one_save_at_a_time_and_reports_errors():
     with pytest.raises(StorageError, match="disk full"):
         saver.wait()
     saver.wait()  # the error is reported once
+
+
+def test_delete_checkpoint_removes_every_object_of_that_epoch_only(tmp_path, big_model):
+    storage = LocalStorage(tmp_path)
+    _, first = _save(storage, big_model, epoch=1)
+    _, second = _save(storage, big_model, epoch=2)
+    delete_checkpoint(storage, first)
+    assert list(storage.list(BUCKET, "runs/r1/epoch-001/")) == []
+    assert load_checkpoint(storage, second)[1].epoch == 2
