@@ -66,7 +66,3 @@ def sqlalchemy_url(url: str) -> str:
 
 def with_database(url: str, database: str) -> str:
     return make_url(url).set(database=database).render_as_string(hide_password=False)
-
-
-def redact_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from services.common.logging import configure_logging, get_logger
+from services.common.logging import configure_logging, get_logger, redact_text
 from services.common.settings import Settings, get_settings
 
 
@@ -21,7 +21,7 @@ def _database_url(settings: Settings) -> str:
 # -- db ------------------------------------------------------------------------------------
 def cmd_db(args, settings: Settings) -> int:
     from db import migrate
-    from db.connection import redact_url, stop_embedded
+    from db.connection import stop_embedded
 
     if args.action == "stop":
         stopped = stop_embedded(settings.data_dir)
@@ -30,12 +30,12 @@ def cmd_db(args, settings: Settings) -> int:
     url = _database_url(settings)
     if args.action == "upgrade":
         migrate.upgrade(url, args.revision or "head")
-        print(f"database at {redact_url(url)} upgraded to {args.revision or 'head'}")
+        print(f"database at {redact_text(url)} upgraded to {args.revision or 'head'}")
     elif args.action == "downgrade":
         migrate.downgrade(url, args.revision or "base")
-        print(f"database at {redact_url(url)} downgraded to {args.revision or 'base'}")
+        print(f"database at {redact_text(url)} downgraded to {args.revision or 'base'}")
     elif args.action == "url":
-        print(redact_url(url))
+        print(redact_text(url))
     return 0
 
 

@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db import migrate, repository
-from db.connection import redact_url, resolve_database_url
+from db.connection import resolve_database_url
 from services.catalog.baseline import colour_baseline_metrics
 from services.catalog.generate import generate_catalog
+from services.common.logging import redact_text
 from services.common.settings import Settings
 from services.common.storage import storage_from_settings
 from services.dispatcher.service import DispatcherConfig
@@ -98,7 +99,7 @@ async def run_demo(settings: Settings, console: Console) -> int:
     from services.cli import build_launcher, run_dispatcher
 
     url = resolve_database_url(settings)
-    console.print(f"database: {redact_url(url)}")
+    console.print(f"database: {redact_text(url)}")
     await asyncio.to_thread(migrate.upgrade, url)
     conn = await repository.connect(url)
     try:
