@@ -22,3 +22,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def sql_file(name: str) -> str:
+    """The text of db/sql/<name>: each revision after 0001 applies one file and undoes with
+    its `.down.sql` twin."""
+    return (ROOT / "db" / "sql" / name).read_text()

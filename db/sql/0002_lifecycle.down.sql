@@ -1,0 +1,62 @@
+-- Undo schema revision 0002: back to revision 0001's functions.
+DROP FUNCTION IF EXISTS project_data_prepared(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS project_epoch_completed(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS project_checkpoint_saved(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS project_checkpoint_best(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS project_checkpoint_deleted(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS project_eval_completed(bigint, int, jsonb);
+
+-- Derived state that a trainer event carries into rows, in the event's own transaction.
+CREATE OR REPLACE FUNCTION project_trainer_event(p_run_id bigint, p_attempt int, p_type text, p_payload jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_epoch int := (p_payload ->> 'epoch')::int;
+  v_checkpoint_id bigint;
+BEGIN
+  IF p_type = 'data.prepared' THEN
+    UPDATE training_runs SET data_summary = p_payload, updated_at = now() WHERE id = p_run_id;
+  ELSIF p_type = 'epoch.completed' THEN
+    UPDATE training_runs SET current_epoch = greatest(current_epoch, v_epoch), updated_at = now()
+     WHERE id = p_run_id;
+  ELSIF p_type = 'checkpoint.saved' THEN
+    INSERT INTO checkpoints (run_id, attempt, epoch, manifest_url, size_bytes, shard_count,
+                             train_loss, val_loss, val_recall_at_1, val_recall_at_5,
+                             val_recall_at_10, val_map, metrics)
+    VALUES (p_run_id, p_attempt, v_epoch, p_payload ->> 'manifest_url',
+            (p_payload ->> 'size_bytes')::bigint, (p_payload ->> 'shard_count')::int,
+            (p_payload ->> 'train_loss')::float8, (p_payload ->> 'val_loss')::float8,
+            (p_payload #>> '{metrics,recall_at_1}')::float8,
+            (p_payload #>> '{metrics,recall_at_5}')::float8,
+            (p_payload #>> '{metrics,recall_at_10}')::float8,
+            (p_payload #>> '{metrics,map}')::float8,
+            coalesce(p_payload -> 'metrics', '{}'::jsonb))
+    ON CONFLICT (run_id, epoch) DO UPDATE
+       SET attempt = excluded.attempt, manifest_url = excluded.manifest_url,
+           size_bytes = excluded.size_bytes, shard_count = excluded.shard_count,
+           train_loss = excluded.train_loss, val_loss = excluded.val_loss,
+           val_recall_at_1 = excluded.val_recall_at_1, val_recall_at_5 = excluded.val_recall_at_5,
+           val_recall_at_10 = excluded.val_recall_at_10, val_map = excluded.val_map,
+           metrics = excluded.metrics, created_at = now();
+  ELSIF p_type = 'checkpoint.best' THEN
+    UPDATE checkpoints SET is_best = false WHERE run_id = p_run_id AND is_best AND epoch <> v_epoch;
+    UPDATE checkpoints SET is_best = true WHERE run_id = p_run_id AND epoch = v_epoch
+    RETURNING id INTO v_checkpoint_id;
+    UPDATE training_runs
+       SET best_checkpoint_id = v_checkpoint_id,
+           best_val_recall_at_1 = (p_payload #>> '{metrics,recall_at_1}')::float8,
+           updated_at = now()
+     WHERE id = p_run_id;
+  ELSIF p_type = 'checkpoint.deleted' THEN
+    DELETE FROM checkpoints WHERE run_id = p_run_id AND epoch = v_epoch AND NOT is_best;
+  ELSIF p_type = 'eval.completed' THEN
+    SELECT id INTO v_checkpoint_id FROM checkpoints WHERE run_id = p_run_id AND epoch = v_epoch;
+    INSERT INTO evaluations (run_id, checkpoint_id, split, overall, real_to_synthetic,
+                             synthetic_to_real, per_category, hard_cases)
+    VALUES (p_run_id, v_checkpoint_id, coalesce(p_payload ->> 'split', 'test'),
+            p_payload -> 'overall', p_payload -> 'real_to_synthetic',
+            p_payload -> 'synthetic_to_real', p_payload -> 'per_category',
+            p_payload -> 'hard_cases');
+    UPDATE training_runs SET test_metrics = p_payload -> 'overall', updated_at = now()
+     WHERE id = p_run_id;
+  END IF;
+END $$;

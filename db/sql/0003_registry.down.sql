@@ -1,0 +1,2 @@
+-- Undo schema revision 0003.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- Undo schema revision 0004.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- Undo schema revision 0005.
+SELECT 1;
