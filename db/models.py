@@ -22,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TIMESTAMP, UserDefinedType
@@ -117,6 +117,10 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # names everything the run stores (runs/{run_uuid}/attempt-{n}/...), never the serial id
+    run_uuid: Mapped[str] = mapped_column(
+        UUID(as_uuid=False), nullable=False, server_default=text("gen_random_uuid()")
+    )
     name: Mapped[str] = mapped_column(Text, nullable=False)
     config: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     status: Mapped[str] = mapped_column(Text, nullable=False, server_default="queued")
@@ -145,6 +149,10 @@ class TrainingRun(Base):
                    name="fk_training_runs_resume_checkpoint"),
     )
     cancel_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    delete_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # the trainer's step counter and when it last advanced (a live but hung trainer stalls)
+    progress_step: Mapped[int | None] = mapped_column(BigInteger)
+    progress_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
     data_summary: Mapped[dict | None] = mapped_column(JSONB)
@@ -169,6 +177,12 @@ class TrainingRun(Base):
             "ix_training_runs_leased",
             "lease_expires_at",
             postgresql_where=text("status IN ('claimed', 'running')"),
+        ),
+        UniqueConstraint("run_uuid", name="uq_training_runs_run_uuid"),
+        Index(
+            "ix_training_runs_delete_requested",
+            "delete_requested_at",
+            postgresql_where=text("delete_requested_at IS NOT NULL"),
         ),
     )
 
@@ -244,9 +258,18 @@ class Checkpoint(Base):
     metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     is_best: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     created_at: Mapped[datetime] = _now()
+    # the resume-state manifest saved with this checkpoint (NULL once superseded and dropped)
+    resume_state_url: Mapped[str | None] = mapped_column(Text)
+    delete_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
 
     __table_args__ = (
-        UniqueConstraint("run_id", "epoch", name="uq_checkpoints_run_epoch"),
+        # immutable rows: a later attempt saving an epoch again makes a new row
+        UniqueConstraint("run_id", "attempt", "epoch", name="uq_checkpoints_run_attempt_epoch"),
+        Index(
+            "ix_checkpoints_delete_requested",
+            "delete_requested_at",
+            postgresql_where=text("delete_requested_at IS NOT NULL"),
+        ),
         CheckConstraint("epoch >= 1", name="ck_checkpoints_epoch"),
         Index(
             "uq_checkpoints_one_best_per_run",
@@ -254,6 +277,51 @@ class Checkpoint(Base):
             unique=True,
             postgresql_where=text("is_best"),
         ),
+    )
+
+
+class RunLaunch(Base):
+    """One launch per (run, attempt): the launcher's job id and what identifies the job
+    (local: host, pid, process start time), so liveness survives a dispatcher restart."""
+
+    __tablename__ = "run_launches"
+
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    launcher: Mapped[str] = mapped_column(Text, nullable=False)
+    owner: Mapped[str | None] = mapped_column(Text)
+    external_job_id: Mapped[str | None] = mapped_column(Text)
+    identity: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+    launched_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_run_launches_live", "launcher", postgresql_where=text("ended_at IS NULL")),
+    )
+
+
+class DeletedRun(Base):
+    """Tombstone of a deleted run row (by request_delete or by hand): the reconciler stops its
+    job and removes its stored objects, then sets cleaned_at."""
+
+    __tablename__ = "deleted_runs"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_uuid: Mapped[str] = mapped_column(UUID(as_uuid=False), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    launcher: Mapped[str | None] = mapped_column(Text)
+    external_job_id: Mapped[str | None] = mapped_column(Text)
+    identity: Mapped[dict | None] = mapped_column(JSONB)
+    deleted_at: Mapped[datetime] = _now()
+    cleaned_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+
+    __table_args__ = (
+        Index("ix_deleted_runs_unclean", "deleted_at", postgresql_where=text("cleaned_at IS NULL")),
     )
 
 

@@ -1,4 +1,20 @@
 -- Undo schema revision 0002: back to revision 0001's functions.
+DROP FUNCTION IF EXISTS heartbeat_run(bigint, bigint, double precision, bigint);
+CREATE FUNCTION heartbeat_run(p_run_id bigint, p_lease_epoch bigint,
+                              p_lease_seconds double precision,
+                              OUT owned boolean, OUT cancel_requested boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE training_runs
+     SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+   WHERE id = p_run_id AND lease_epoch = p_lease_epoch AND status IN ('claimed', 'running')
+  RETURNING true, cancel_requested_at IS NOT NULL INTO owned, cancel_requested;
+  IF NOT FOUND THEN
+    owned := false;
+    cancel_requested := false;
+  END IF;
+END $$;
+
 DROP FUNCTION IF EXISTS project_data_prepared(bigint, int, jsonb);
 DROP FUNCTION IF EXISTS project_epoch_completed(bigint, int, jsonb);
 DROP FUNCTION IF EXISTS project_checkpoint_saved(bigint, int, jsonb);
@@ -60,3 +76,23 @@ BEGIN
      WHERE id = p_run_id;
   END IF;
 END $$;
+
+DROP FUNCTION IF EXISTS checkpoint_for_epoch(bigint, int);
+DROP TABLE IF EXISTS deleted_runs;
+DROP TABLE IF EXISTS run_launches;
+DROP INDEX IF EXISTS ix_checkpoints_delete_requested;
+DROP INDEX IF EXISTS ix_training_runs_delete_requested;
+-- Later attempts may have saved an epoch again: keep the newest row of each epoch.
+DELETE FROM checkpoints c USING checkpoints newer
+ WHERE newer.run_id = c.run_id AND newer.epoch = c.epoch AND newer.attempt > c.attempt;
+ALTER TABLE checkpoints
+  DROP CONSTRAINT uq_checkpoints_run_attempt_epoch,
+  DROP COLUMN resume_state_url,
+  DROP COLUMN delete_requested_at,
+  ADD CONSTRAINT uq_checkpoints_run_epoch UNIQUE (run_id, epoch);
+ALTER TABLE training_runs
+  DROP CONSTRAINT uq_training_runs_run_uuid,
+  DROP COLUMN run_uuid,
+  DROP COLUMN progress_step,
+  DROP COLUMN progress_at,
+  DROP COLUMN delete_requested_at;
