@@ -45,6 +45,12 @@ class ChecksumMismatch(StorageError):
     code = "checksum_mismatch"
 
 
+class ObjectTooLarge(StorageError):
+    """An object over the storage's per-object limit (SKUTRAIN_STORAGE_MAX_OBJECT_BYTES)."""
+
+    code = "object_too_large"
+
+
 class LeaseLost(SkutrainError):
     """The run's lease moved to a newer attempt: this worker must stop writing."""
 

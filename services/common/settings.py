@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,14 @@ class Settings(BaseSettings):
         default=None, validation_alias="S3_SECRET_ACCESS_KEY"
     )
     s3_region: str = Field(default="us-east-1", validation_alias="S3_REGION")
+    s3_bucket: str | None = Field(default=None, validation_alias="S3_BUCKET")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", validation_alias="S3_ADDRESSING_STYLE")
+    s3_max_attempts: int = Field(default=5, ge=1, validation_alias="S3_MAX_ATTEMPTS")
+    s3_multipart_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024,
+                                    validation_alias="S3_MULTIPART_BYTES")
+    storage_max_object_bytes: int | None = Field(
+        default=None, ge=1, validation_alias="SKUTRAIN_STORAGE_MAX_OBJECT_BYTES")
 
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     runpod_endpoint_id: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_ID")

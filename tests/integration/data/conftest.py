@@ -97,3 +97,80 @@ def s3_client(s3_endpoint):
         aws_secret_access_key="test",
         config=Config(retries={"max_attempts": 2, "mode": "standard"}),
     )
+
+
+class FlakyProxy:
+    """Forwards every request to `upstream`, but answers the first `failures` requests whose
+    method is in `methods` with 503 (what an S3 endpoint says when overloaded).
+
+    `seen` counts the requests per method, failed ones included.
+    """
+
+    def __init__(self, upstream: str):
+        import http.client
+        from urllib.parse import urlsplit
+
+        self.failures = 0
+        self.methods = {"PUT", "POST"}
+        self.seen: Counter = Counter()
+        self.lock = threading.Lock()
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.seen[self.command] += 1
+                    fail = self.command in proxy.methods and proxy.failures > 0
+                    proxy.failures -= fail
+                if fail:
+                    payload = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+@pytest.fixture
+def flaky_s3(s3_endpoint):
+    """A FlakyProxy in front of the moto server."""
+    proxy = FlakyProxy(s3_endpoint)
+    proxy.thread.start()
+    yield proxy
+    proxy.httpd.shutdown()
+    proxy.httpd.server_close()
