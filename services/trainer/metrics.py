@@ -12,22 +12,36 @@ gallery order; excluded items are removed from it):
   the same source as the query (augmented copies of one photo) are excluded too.
 - Queries with no relevant gallery item are kept: they score 0 on every metric and their number
   is reported as `queries_without_relevant`, instead of being dropped silently.
-- Cross-domain: queries of the non-synthetic domains (real, cutout, augmented) against a gallery
-  of the synthetic ones (`real_to_synth`), and the reverse (`synth_to_real`). Domains are
-  compared as strings, never as positions.
-- Per-category Recall@1 comes with its query count, so the count-weighted mean of the categories
-  equals the overall Recall@1.
+- Cross-domain: every ordered pair of domains present (queries of one, gallery of the other,
+  `"real->synthetic"`), plus the summaries `real_to_synth` (queries of the non-synthetic
+  domains against a gallery of the synthetic ones) and `synth_to_real`. Domains are compared as
+  strings, never as positions.
+- Per-category metrics come with their query count, so the count-weighted mean of the
+  categories equals the overall value.
 Metrics of an empty query set are None (JSON-friendly, never NaN).
+
+At scale (`rank_and_score`): queries go in chunks sized by a memory budget in bytes, and the
+whole gallery is never sorted when it need not be. Every metric depends only on the ranks of
+the relevant items, so a chunk takes a small `torch.topk` list and checks, per query, that it
+holds every relevant item (the lowest relevant score is above the list's last score); only the
+queries it does not cover get a longer top-k (as long as the count of items scoring at least
+their lowest relevant score) or, failing that, a full stable sort. Relevant and same-source
+items are listed from gallery groups (items sorted by label / source), not from a [Q, G]
+comparison. The computation runs on the embeddings' device (the GPU when there is one).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
 SYNTHETIC_DOMAINS = ("synthetic",)
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries one rank_and_score call may hold
+CHUNK_BYTES_PER_PAIR = 8  # a chunk's float32 similarity plus transient masks, per (query, item)
+SORT_BYTES_PER_PAIR = 48  # a full-row fallback: copy, sorted values + indices, hits, cumsums
+MIN_SHORTLIST = 64
 
 
 def calc_cmc(hits: torch.Tensor, k_values: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -56,26 +70,114 @@ def calc_map_at_r(hits: torch.Tensor, n_relevant: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class QueryResults:
-    """Per-query results; `top1` is the gallery index ranked first (-1 when nothing is left)."""
+    """Per-query results. `top1` is the gallery index ranked first (-1 when nothing is left);
+    `topk` the first max(k_values) gallery indices (-1 padded); `first_rank` the 1-based rank
+    of the best relevant item (0 when there is none)."""
 
     recall: dict[int, torch.Tensor]
     ap: torch.Tensor
     ap_at_r: torch.Tensor
     n_relevant: torch.Tensor
     top1: torch.Tensor
+    topk: torch.Tensor
+    first_rank: torch.Tensor
 
 
-def _codes(*columns: Sequence[Hashable] | torch.Tensor) -> list[torch.Tensor]:
-    """Integer codes with one vocabulary across columns (labels may be ints or strings)."""
+def _codes(*columns: Sequence[Hashable] | torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """Dense integer codes with one vocabulary across columns (labels may be ints or strings),
+    and the vocabulary size."""
     if all(isinstance(c, torch.Tensor) for c in columns):
-        return [c.long() for c in columns]
+        flat = torch.cat([c.long().reshape(-1).cpu() for c in columns])
+        vocab, inverse = torch.unique(flat, return_inverse=True)
+        return list(inverse.split([len(c) for c in columns])), len(vocab)
     vocab: dict[Any, int] = {}
     out = []
     for col in columns:
         values = col.tolist() if isinstance(col, torch.Tensor) else list(col)
         codes = [vocab.setdefault(v, len(vocab)) for v in values]
         out.append(torch.tensor(codes, dtype=torch.long))
+    return out, len(vocab)
+
+
+class _Groups:
+    """Gallery items grouped by code, so a query's relevant (or same-source) items are listed
+    directly instead of comparing the query's code with every gallery item."""
+
+    def __init__(self, gallery_codes: torch.Tensor, n_codes: int):
+        self.order = torch.argsort(gallery_codes, stable=True)
+        self.counts = torch.bincount(gallery_codes, minlength=n_codes)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def members(self, query_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[c, M] gallery indices of each query's group (padding: index 0) and their mask."""
+        counts = self.counts[query_codes]
+        width = int(counts.max()) if counts.numel() else 0
+        offsets = torch.arange(width, device=counts.device)
+        valid = offsets[None, :] < counts[:, None]
+        pos = (self.starts[query_codes][:, None] + offsets[None, :]).clamp(
+            max=max(len(self.order) - 1, 0))
+        return torch.where(valid, self.order[pos], 0), valid
+
+
+def _stable_order(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder a top-k list so equal scores go by gallery index (the full sort's tie-break)."""
+    by_index = torch.argsort(idx, dim=1)
+    vals, idx = vals.gather(1, by_index), idx.gather(1, by_index)
+    by_score = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return vals.gather(1, by_score), idx.gather(1, by_score)
+
+
+@dataclass
+class _Scored:
+    recall: dict[int, torch.Tensor]
+    ap: torch.Tensor
+    ap_at_r: torch.Tensor
+    topk: torch.Tensor
+    first_rank: torch.Tensor
+
+
+def _score_ranked(vals: torch.Tensor, idx: torch.Tensor, query_codes: torch.Tensor,
+                  gallery_codes: torch.Tensor, n_relevant: torch.Tensor,
+                  k_values: Sequence[int]) -> _Scored:
+    """Metrics from ranked lists holding every relevant item (excluded items score -inf)."""
+    kept = vals != float("-inf")
+    hits = (gallery_codes[idx] == query_codes[:, None]) & kept
+    kmax = max(k_values)
+    top = torch.where(kept, idx, -1)[:, :kmax]
+    if top.shape[1] < kmax:
+        top = torch.cat([top, top.new_full((top.shape[0], kmax - top.shape[1]), -1)], dim=1)
+    first = torch.zeros_like(n_relevant)
+    if hits.shape[1]:
+        first = torch.where(hits.any(dim=1), hits.int().argmax(dim=1) + 1, 0)
+    return _Scored(calc_cmc(hits, k_values), calc_ap(hits, n_relevant),
+                   calc_map_at_r(hits, n_relevant), top, first)
+
+
+def _fallback(sims: torch.Tensor, lowest: torch.Tensor, query_codes: torch.Tensor,
+              gallery_codes: torch.Tensor, n_relevant: torch.Tensor, k_values: Sequence[int],
+              rows_per_batch: int) -> list[tuple[torch.Tensor, _Scored]]:
+    """Queries whose relevant items lie beyond the shortlist: a top-k as long as the count of
+    items scoring at least the lowest relevant score, or a full stable sort when that is long."""
+    rows = torch.arange(sims.shape[0], device=sims.device)
+    out = []
+    n_gallery = sims.shape[1]
+    for start in range(0, len(rows), rows_per_batch):
+        batch = rows[start:start + rows_per_batch]
+        sub = sims[batch]
+        above = int((sub >= lowest[batch, None]).sum(dim=1).max())
+        if 4 * above <= n_gallery:
+            vals, idx = _stable_order(*torch.topk(sub, max(above, 1), dim=1))
+        else:
+            vals, idx = torch.sort(sub, dim=1, descending=True, stable=True)
+        del sub
+        out.append((batch, _score_ranked(vals, idx, query_codes[batch], gallery_codes,
+                                         n_relevant[batch], k_values)))
     return out
+
+
+def chunk_rows(n_gallery: int, memory_budget: int, bytes_per_pair: int) -> int:
+    """Queries per chunk so that a chunk's [rows, gallery] temporaries fit half the budget."""
+    return max(1, (memory_budget // 2) // max(1, n_gallery * bytes_per_pair))
 
 
 def rank_and_score(
@@ -88,88 +190,124 @@ def rank_and_score(
     leave_one_out: bool = False,
     query_sources: Sequence[Hashable] | None = None,
     gallery_sources: Sequence[Hashable] | None = None,
-    chunk_size: int = 1024,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> QueryResults:
-    """Batched kNN: rank the gallery for each query (cosine, in chunks of queries) and score it.
-
-    `leave_one_out` means the query set *is* the gallery: item i is never retrieved for query i.
-    """
+    """Batched kNN: rank the gallery for each query (cosine, in memory-budgeted chunks of
+    queries) and score it. `leave_one_out` means the query set *is* the gallery: item i is
+    never retrieved for query i. See the module docstring for how sorting is avoided."""
     q, g = query_emb.float(), gallery_emb.float()
     if leave_one_out and q.shape[0] != g.shape[0]:
         raise ValueError("leave_one_out needs the query set to be the gallery")
-    device = g.device
-    ql, gl = (c.to(device) for c in _codes(query_labels, gallery_labels))
-    sources = query_sources is not None and gallery_sources is not None
-    if sources:
-        qs, gs = (c.to(device) for c in _codes(query_sources, gallery_sources))
-    parts: dict[str, list[torch.Tensor]] = {"ap": [], "ap_at_r": [], "n_relevant": [], "top1": []}
-    recall: dict[int, list[torch.Tensor]] = {k: [] for k in k_values}
-    for start in range(0, q.shape[0], chunk_size):
-        stop = min(start + chunk_size, q.shape[0])
+    k_values = sorted(set(k_values))
+    device, n_gallery = g.device, g.shape[0]
+    (ql, gl), n_labels = _codes(query_labels, gallery_labels)
+    ql, gl = ql.to(device), gl.to(device)
+    labels = _Groups(gl, n_labels)
+    sources = None
+    if query_sources is not None and gallery_sources is not None:
+        (qs, gs), n_sources = _codes(query_sources, gallery_sources)
+        qs, sources = qs.to(device), _Groups(gs.to(device), n_sources)
+    step = chunk_rows(n_gallery, memory_budget, CHUNK_BYTES_PER_PAIR)
+    fallback_rows = chunk_rows(n_gallery, memory_budget, SORT_BYTES_PER_PAIR)
+    parts: list[tuple[torch.Tensor, _Scored]] = []
+    n_relevant_parts = []
+    neg_inf = float("-inf")
+    for start in range(0, q.shape[0], step):
+        stop = min(start + step, q.shape[0])
         sims = q[start:stop] @ g.T
-        excluded = torch.zeros_like(sims, dtype=torch.bool)
+        rows = torch.arange(stop - start, device=device)
         if leave_one_out:
-            rows = torch.arange(stop - start, device=device)
-            excluded[rows, rows + start] = True
-        if sources:
-            excluded |= qs[start:stop, None] == gs[None, :]
-        sims = sims.masked_fill(excluded, float("-inf"))
-        order = torch.sort(sims, dim=1, descending=True, stable=True).indices
-        relevant = (ql[start:stop, None] == gl[None, :]) & ~excluded
-        hits = relevant.gather(1, order)
-        n_relevant = relevant.sum(dim=1)
-        for k, values in calc_cmc(hits, k_values).items():
-            recall[k].append(values)
-        parts["ap"].append(calc_ap(hits, n_relevant))
-        parts["ap_at_r"].append(calc_map_at_r(hits, n_relevant))
-        parts["n_relevant"].append(n_relevant)
-        if order.shape[1]:
-            has_any, first = (~excluded).any(dim=1), order[:, 0]
-        else:  # empty gallery
-            has_any = torch.zeros_like(n_relevant, dtype=torch.bool)
-            first = torch.zeros_like(n_relevant)
-        parts["top1"].append(torch.where(has_any, first, torch.full_like(first, -1)))
+            sims[rows, rows + start] = neg_inf
+        if sources is not None:
+            same, valid = sources.members(qs[start:stop])
+            sims[rows[:, None].expand_as(same)[valid], same[valid]] = neg_inf
+        relevant, valid = labels.members(ql[start:stop])
+        rel_scores = sims.gather(1, relevant)
+        valid &= rel_scores != neg_inf
+        n_relevant = valid.sum(dim=1)
+        n_relevant_parts.append(n_relevant)
+        lowest = torch.where(valid, rel_scores, float("inf")).amin(dim=1) if valid.shape[1] \
+            else torch.full((stop - start,), float("inf"), device=device)
+        shortlist = min(n_gallery, max(k_values[-1], 2 * valid.shape[1], MIN_SHORTLIST))
+        vals, idx = _stable_order(*torch.topk(sims, shortlist, dim=1))
+        chunk = _score_ranked(vals, idx, ql[start:stop], gl, n_relevant, k_values)
+        if shortlist < n_gallery:
+            uncovered = (n_relevant > 0) & (lowest <= vals[:, -1])
+            if bool(uncovered.any()):
+                rows_left = uncovered.nonzero().squeeze(1)
+                for batch, scored in _fallback(sims[rows_left], lowest[rows_left],
+                                               ql[start:stop][rows_left], gl,
+                                               n_relevant[rows_left], k_values, fallback_rows):
+                    _assign(chunk, rows_left[batch], scored)
+        del sims
+        parts.append((torch.arange(start, stop), chunk))
 
-    def cat(values: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        return torch.cat(values).cpu() if values else torch.zeros(0, dtype=dtype)
+    def cat(values: list[torch.Tensor], dtype: torch.dtype, width: int | None = None):
+        if values:
+            return torch.cat(values).cpu()
+        return torch.zeros((0,) if width is None else (0, width), dtype=dtype)
 
+    chunks = [c for _, c in parts]
+    topk = cat([c.topk for c in chunks], torch.long, k_values[-1])
     return QueryResults(
-        recall={k: cat(v, torch.float32) for k, v in recall.items()},
-        ap=cat(parts["ap"], torch.float32),
-        ap_at_r=cat(parts["ap_at_r"], torch.float32),
-        n_relevant=cat(parts["n_relevant"], torch.long),
-        top1=cat(parts["top1"], torch.long),
+        recall={k: cat([c.recall[k] for c in chunks], torch.float32) for k in k_values},
+        ap=cat([c.ap for c in chunks], torch.float32),
+        ap_at_r=cat([c.ap_at_r for c in chunks], torch.float32),
+        n_relevant=cat(n_relevant_parts, torch.long),
+        top1=topk[:, 0] if topk.shape[1] else torch.zeros(0, dtype=torch.long),
+        topk=topk,
+        first_rank=cat([c.first_rank for c in chunks], torch.long),
     )
 
 
-def summarize(results: QueryResults) -> dict[str, Any]:
-    """Mean metrics over queries, plus the query count and the count without relevant items."""
-    n = int(results.ap.shape[0])
+def _assign(target: _Scored, rows: torch.Tensor, source: _Scored) -> None:
+    for k in target.recall:
+        target.recall[k][rows] = source.recall[k]
+    target.ap[rows] = source.ap
+    target.ap_at_r[rows] = source.ap_at_r
+    target.topk[rows] = source.topk
+    target.first_rank[rows] = source.first_rank
+
+
+def summarize(results: QueryResults, mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """Mean metrics over queries (those in `mask` when given), plus the query count and the
+    count without relevant items."""
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t if mask is None else t[mask]
+
+    ap = pick(results.ap)
+    n = int(ap.shape[0])
 
     def mean(t: torch.Tensor) -> float | None:
         return float(t.mean()) if n else None
 
-    out: dict[str, Any] = {f"recall@{k}": mean(v) for k, v in results.recall.items()}
+    out: dict[str, Any] = {f"recall@{k}": mean(pick(v)) for k, v in results.recall.items()}
     out.update(
         {
-            "map": mean(results.ap),
-            "map@r": mean(results.ap_at_r),
+            "map": mean(ap),
+            "map@r": mean(pick(results.ap_at_r)),
             "num_queries": n,
-            "queries_without_relevant": int((results.n_relevant == 0).sum()),
+            "queries_without_relevant": int((pick(results.n_relevant) == 0).sum()),
         }
     )
     return out
 
 
-def per_category_recall(
-    recall_at_1: torch.Tensor, categories: Sequence[Hashable]
+def _category_names(categories: Sequence[Hashable]) -> list[str]:
+    return ["unknown" if c is None else str(c) for c in categories]
+
+
+def per_category_metrics(
+    results: QueryResults, categories: Sequence[Hashable]
 ) -> dict[str, dict[str, Any]]:
-    """Recall@1 and query count per category (None counts as "unknown")."""
-    names = ["unknown" if c is None else str(c) for c in categories]
+    """Every metric per query category (None counts as "unknown"), with its query count."""
+    names = _category_names(categories)
     out: dict[str, dict[str, Any]] = {}
     for name in sorted(set(names)):
         mask = torch.tensor([n == name for n in names], dtype=torch.bool)
-        out[name] = {"recall@1": float(recall_at_1[mask].mean()), "count": int(mask.sum())}
+        summary = summarize(results, mask)
+        summary["count"] = summary.pop("num_queries")
+        out[name] = summary
     return out
 
 
@@ -200,8 +338,20 @@ def most_confused_pairs(
     return [{"labels": list(pair), "count": c} for pair, c in ranked[:n]]
 
 
-def _subset(values: Sequence | None, mask: list[bool]) -> list | None:
-    return None if values is None else [v for v, m in zip(values, mask) if m]
+def _positions(mask: Sequence[bool]) -> list[int]:
+    return [i for i, m in enumerate(mask) if m]
+
+
+def _subset(values: Sequence | None, index: list[int]) -> list | None:
+    return None if values is None else [values[i] for i in index]
+
+
+def _ranked_pair(embeddings, labels, sources, k_values, memory_budget, qi, gi):
+    return rank_and_score(
+        embeddings[qi], _subset(labels, qi), embeddings[gi], _subset(labels, gi),
+        k_values=k_values, query_sources=_subset(sources, qi),
+        gallery_sources=_subset(sources, gi), memory_budget=memory_budget,
+    )
 
 
 def cross_domain(
@@ -212,23 +362,97 @@ def cross_domain(
     k_values: Sequence[int],
     sources: Sequence[Hashable] | None = None,
     synthetic_domains: Sequence[str] = SYNTHETIC_DOMAINS,
-    chunk_size: int = 1024,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, dict[str, Any]]:
-    """`real_to_synth` and `synth_to_real` summaries (string domains; see module docstring)."""
-    synthetic = [str(d) in synthetic_domains for d in domains]
+    """`real_to_synth` and `synth_to_real` summaries, and under `pairs` one summary per ordered
+    pair of domains present ("real->synthetic": real queries, synthetic gallery)."""
+    names = [str(d) for d in domains]
+    synthetic = [d in synthetic_domains for d in names]
     real = [not s for s in synthetic]
-    out = {}
-    directions = (("real_to_synth", real, synthetic), ("synth_to_real", synthetic, real))
-    for name, qmask, gmask in directions:
-        qi = [i for i, m in enumerate(qmask) if m]
-        gi = [i for i, m in enumerate(gmask) if m]
-        res = rank_and_score(
-            embeddings[qi], _subset(labels, qmask), embeddings[gi], _subset(labels, gmask),
-            k_values=k_values, query_sources=_subset(sources, qmask),
-            gallery_sources=_subset(sources, gmask), chunk_size=chunk_size,
-        )
-        out[name] = summarize(res)
+    out: dict[str, Any] = {}
+    for name, qmask, gmask in (("real_to_synth", real, synthetic),
+                               ("synth_to_real", synthetic, real)):
+        out[name] = summarize(_ranked_pair(embeddings, labels, sources, k_values, memory_budget,
+                                           _positions(qmask), _positions(gmask)))
+    present = sorted(set(names))
+    out["pairs"] = {
+        f"{a}->{b}": summarize(_ranked_pair(
+            embeddings, labels, sources, k_values, memory_budget,
+            _positions([d == a for d in names]), _positions([d == b for d in names])))
+        for a in present for b in present if a != b
+    }
     return out
+
+
+def query_report(
+    embeddings: torch.Tensor,
+    labels: Sequence[Hashable],
+    query: int,
+    *,
+    k: int,
+    sources: Sequence[Hashable] | None = None,
+    items: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One query's leave-one-out top-k results and the relevant items missing from them, with
+    their ranks (1-based, after exclusions)."""
+    sims = embeddings.float() @ embeddings[query].float()
+    excluded = torch.zeros_like(sims, dtype=torch.bool)
+    excluded[query] = True
+    if sources is not None:
+        excluded |= torch.tensor([s == sources[query] for s in sources], device=sims.device)
+    sims = sims.masked_fill(excluded, float("-inf"))
+    order = torch.sort(sims, descending=True, stable=True).indices.tolist()
+    order = [i for i in order if not excluded[i]]
+
+    def describe(i: int, rank: int) -> dict[str, Any]:
+        row = {"index": i, "label": labels[i], "rank": rank, "score": float(sims[i]),
+               "correct": labels[i] == labels[query]}
+        if items is not None:
+            row.update(items[i])
+        return row
+
+    top = [describe(i, r) for r, i in enumerate(order[:k], start=1)]
+    missed = [describe(i, r) for r, i in enumerate(order, start=1)
+              if r > k and labels[i] == labels[query]]
+    return {"top": top, "missed": missed}
+
+
+def worst_queries(
+    embeddings: torch.Tensor,
+    labels: Sequence[Hashable],
+    results: QueryResults,
+    n: int,
+    *,
+    k: int,
+    sources: Sequence[Hashable] | None = None,
+    items: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The `n` queries with relevant items that scored worst (lowest AP, then the latest first
+    hit), each with its top-k results and missed ground truths."""
+    candidates = [i for i in range(len(labels)) if int(results.n_relevant[i]) > 0]
+    candidates.sort(key=lambda i: (float(results.ap[i]), -int(results.first_rank[i]), i))
+    out = []
+    for i in candidates[:n]:
+        row = {"index": i, "label": labels[i], "ap": float(results.ap[i]),
+               "first_relevant_rank": int(results.first_rank[i])}
+        if items is not None:
+            row.update(items[i])
+        row.update(query_report(embeddings, labels, i, k=k, sources=sources, items=items))
+        out.append(row)
+    return out
+
+
+def _with_info(rows: list[dict[str, Any]], label_info: Mapping[Hashable, Mapping] | None,
+               *keys: str) -> list[dict[str, Any]]:
+    """Add each label's name and category (from `label_info`) to report rows."""
+    if label_info is None:
+        return rows
+    for row in rows:
+        for key in keys:
+            value = row[key]
+            row[key + "_info"] = ([dict(label_info.get(v, {})) for v in value]
+                                  if isinstance(value, list) else dict(label_info.get(value, {})))
+    return rows
 
 
 def evaluate_embeddings(
@@ -239,31 +463,44 @@ def evaluate_embeddings(
     domains: Sequence[str] | None = None,
     categories: Sequence[Hashable] | None = None,
     sources: Sequence[Hashable] | None = None,
+    items: Sequence[Mapping[str, Any]] | None = None,
+    label_info: Mapping[Hashable, Mapping[str, Any]] | None = None,
     with_cross_domain: bool = True,
     with_per_category: bool = True,
     hard_cases: int = 10,
-    chunk_size: int = 1024,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, Any]:
     """Every metric of one embedded set, evaluated leave-one-out among its own items.
 
-    Returns {"overall", "cross_domain"?, "per_category"?, "worst_products", "most_confused_pairs"};
-    labels are reported as given (pass product ids to get product ids back).
+    Returns {"overall", "cross_domain"?, "per_category"?, "worst_products",
+    "most_confused_pairs", "worst_queries"}; labels are reported as given (pass product ids to
+    get product ids back), `items` (per item: image id, url, domain...) and `label_info` (per
+    label: product name, category) enrich the hard cases.
     """
     labels = list(labels.tolist() if isinstance(labels, torch.Tensor) else labels)
     k_values = sorted(set(k_values) | {1})
     res = rank_and_score(
         embeddings, labels, embeddings, labels, k_values=k_values, leave_one_out=True,
-        query_sources=sources, gallery_sources=sources, chunk_size=chunk_size,
+        query_sources=sources, gallery_sources=sources, memory_budget=memory_budget,
     )
     out: dict[str, Any] = {"overall": summarize(res)}
     if with_cross_domain and domains is not None:
         out["cross_domain"] = cross_domain(
-            embeddings, labels, domains, k_values=k_values, sources=sources, chunk_size=chunk_size
+            embeddings, labels, domains, k_values=k_values, sources=sources,
+            memory_budget=memory_budget,
         )
     if with_per_category and categories is not None:
-        out["per_category"] = per_category_recall(res.recall[1], categories)
+        out["per_category"] = per_category_metrics(res, categories)
     if hard_cases:
         predicted = [labels[i] if i >= 0 else None for i in res.top1.tolist()]
-        out["worst_products"] = worst_labels(res.recall[1], labels, hard_cases)
-        out["most_confused_pairs"] = most_confused_pairs(labels, predicted, hard_cases)
+        out["worst_products"] = _with_info(worst_labels(res.recall[1], labels, hard_cases),
+                                           label_info, "label")
+        out["most_confused_pairs"] = _with_info(
+            most_confused_pairs(labels, predicted, hard_cases), label_info, "labels")
+        worst = worst_queries(embeddings, labels, res, hard_cases, k=k_values[-1],
+                              sources=sources, items=items)
+        for row in worst:
+            _with_info([row], label_info, "label")
+            _with_info(row["top"] + row["missed"], label_info, "label")
+        out["worst_queries"] = worst
     return out

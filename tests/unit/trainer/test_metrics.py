@@ -13,7 +13,7 @@ from services.trainer.metrics import (
     cross_domain,
     evaluate_embeddings,
     most_confused_pairs,
-    per_category_recall,
+    per_category_metrics,
     rank_and_score,
     summarize,
     worst_labels,
@@ -95,7 +95,8 @@ def test_chunked_ranking_matches_one_chunk():
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(37, 8), dim=1)
     labels = torch.randint(0, 5, (37,))
-    a = rank_and_score(emb, labels, emb, labels, k_values=[1, 5], leave_one_out=True, chunk_size=4)
+    a = rank_and_score(emb, labels, emb, labels, k_values=[1, 5], leave_one_out=True,
+                       memory_budget=1)
     b = rank_and_score(emb, labels, emb, labels, k_values=[1, 5], leave_one_out=True)
     assert summarize(a) == summarize(b)
     assert torch.equal(a.top1, b.top1)
@@ -136,8 +137,13 @@ def test_per_category_count_weighted_mean_is_overall_recall():
 
 
 def test_per_category_hand_case():
-    per = per_category_recall(torch.tensor([1.0, 0.0, 1.0]), ["x", "x", "y"])
-    assert per == {"x": {"recall@1": 0.5, "count": 2}, "y": {"recall@1": 1.0, "count": 1}}
+    emb = at(0, 1, 46, 91, 45)
+    res = rank_and_score(emb, ["a", "a", "b", "c", "b"], emb, ["a", "a", "b", "c", "b"],
+                         k_values=[1], leave_one_out=True)
+    per = per_category_metrics(res, ["x", "x", "y", "y", None])
+    assert {c: (v["recall@1"], v["count"]) for c, v in per.items()} == {
+        "x": (1.0, 2), "y": (0.5, 2), "unknown": (1.0, 1)}
+    assert per["y"]["queries_without_relevant"] == 1
 
 
 def test_hard_cases_hand_case():
@@ -159,5 +165,6 @@ def test_evaluate_embeddings_reports_every_section():
                               categories=["c"] * 6, hard_cases=2)
     assert out["overall"]["recall@1"] == 1.0 and "recall@5" in out["overall"]
     assert out["cross_domain"]["real_to_synth"]["recall@1"] == 1.0
-    assert out["per_category"] == {"c": {"recall@1": 1.0, "count": 6}}
+    assert out["per_category"]["c"]["recall@1"] == 1.0 and out["per_category"]["c"]["count"] == 6
     assert len(out["worst_products"]) == 2 and out["most_confused_pairs"] == []
+    assert set(out["cross_domain"]["pairs"]) == {"real->synthetic", "synthetic->real"}
