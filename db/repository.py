@@ -14,6 +14,7 @@ import asyncpg
 from db.connection import asyncpg_dsn
 from db.queries import QUERIES
 from services.common.errors import LeaseLost
+from services.common.logging import safe_message
 
 LEASE_LOST_SQLSTATE = "SK001"
 
@@ -89,6 +90,8 @@ async def heartbeat_run(conn, run_id: int, lease_epoch: int, lease_seconds: floa
 async def finish_run(conn, run_id: int, lease_epoch: int, status: str, *,
                      error_code: str | None = None, error_message: str | None = None,
                      payload: dict | None = None) -> bool:
+    if error_message is not None:  # stored messages are redacted and capped (a few KB)
+        error_message = safe_message(error_message)
     return await conn.fetchval(QUERIES["finish_run"], run_id, lease_epoch, status, error_code,
                                error_message, payload or {})
 

@@ -1,2 +1,5 @@
 -- Undo schema revision 0004.
-SELECT 1;
+ALTER TABLE training_runs
+  DROP CONSTRAINT ck_training_runs_name_length,
+  DROP CONSTRAINT ck_training_runs_config_limits;
+DROP FUNCTION run_config_within_limits(jsonb);

@@ -12,17 +12,37 @@ from typing import Any
 
 import structlog
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# Every pattern is linear in the text: a match can only start where its first part starts (the
+# lookbehind stops the scheme from being tried inside a run of letters) and every repetition
+# that can fail and backtrack is bounded, so a megabyte string costs a few scans, never n^2.
+_URL_PASSWORD = re.compile(
+    r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)"
+    r"(?P<user>[^:/@\s]{0,1024}):(?P<pw>[^@/\s]{1,1024})@"
+)
 _SECRET_QUERY = re.compile(
     r"(?P<key>(?:password|passwd|pwd|token|api[_-]?key|secret|signature|x-amz-signature|"
     r"x-amz-credential|access[_-]?key[_-]?id|sig)=)[^&\s\"']+",
     re.IGNORECASE,
 )
-_BEARER = re.compile(r"(?P<key>Bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"(?P<key>Bearer\s{1,16})[A-Za-z0-9._~+/=-]+")
 _KNOWN_TOKENS = re.compile(r"\b(?:hf_[A-Za-z0-9]{10,}|rpa_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9]{10,})\b")
 _SECRET_KEYS = re.compile(r"(password|secret|token|api_key|apikey|credential|private_key)", re.I)
 
 REDACTED = "***"
+MAX_TEXT = 4096  # characters of one stored error message or logged value
+
+
+def cap_text(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, with a marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [cut {len(text) - limit} characters]"
+
+
+def safe_message(text: str, limit: int = MAX_TEXT) -> str:
+    """What may be stored or logged from untrusted or unexpected text: redacted, then capped
+    (in that order, so a cut never leaves half a secret the patterns no longer recognise)."""
+    return cap_text(redact_text(text), limit)
 
 
 def redact_text(text: str) -> str:
@@ -37,7 +57,7 @@ def redact(value: Any, key: str | None = None) -> Any:
     if key is not None and _SECRET_KEYS.search(key) and value not in (None, "", False):
         return REDACTED
     if isinstance(value, str):
-        return redact_text(value)
+        return safe_message(value)
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -7,8 +7,10 @@ early-stopping patience 5, checkpoint objects of at most 42 MB.
 """
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Literal
+import os
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,6 +22,15 @@ from pydantic import (
 )
 
 from services.common.errors import InvalidConfig
+from services.common.logging import cap_text
+from services.trainer.memory import CUBIC_MINERS, MAX_CUBIC_MINER_BATCH, gib, miner_bytes
+
+# Every number is checked against the range the column or library that takes it accepts.
+BIGINT_MAX = 2**63 - 1  # ids are Postgres bigint
+SEED_MAX = 2**32 - 1  # numpy.random.seed and default_rng take 0 .. 2**32 - 1
+MAX_PRODUCT_IDS = 30_000
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX")  # what open() accepts for model_path
+NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
 
 ModelName = Literal[
     "dinov2-small",
@@ -36,15 +47,16 @@ DOMAINS: tuple[str, ...] = ("synthetic", "real", "augmented", "cutout")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSourceConfig(_Strict):
     """Which products a run trains on."""
 
     type: Literal["all_products", "matched_products", "dataset", "selected"] = "all_products"
-    dataset_id: int | None = Field(default=None, ge=1)
-    product_ids: list[int] | None = None
+    dataset_id: int | None = Field(default=None, ge=1, le=BIGINT_MAX)
+    product_ids: list[Annotated[int, Field(ge=1, le=BIGINT_MAX)]] | None = Field(
+        default=None, max_length=MAX_PRODUCT_IDS)
 
     @model_validator(mode="after")
     def _needs_ids(self) -> "DataSourceConfig":
@@ -59,16 +71,17 @@ class ImageConfig(_Strict):
     """Which images of each product: domains, and which turntable frames."""
 
     image_types: list[Domain] = Field(
-        default_factory=lambda: ["synthetic", "real", "augmented", "cutout"], min_length=1
+        default_factory=lambda: ["synthetic", "real", "augmented", "cutout"], min_length=1,
+        max_length=len(DOMAINS),
     )
     frame_selection: Literal["first", "key_frames", "interval", "all"] = "key_frames"
-    frame_interval: int = Field(default=5, ge=1)
-    max_frames_per_type: int = Field(default=10, ge=1)
+    frame_interval: int = Field(default=5, ge=1, le=10_000)
+    max_frames_per_type: int = Field(default=10, ge=1, le=10_000)
 
 
 class LabelConfig(_Strict):
     label_field: Literal["product_id", "category", "brand_name"] = "product_id"
-    min_samples_per_class: int = Field(default=2, ge=1)
+    min_samples_per_class: int = Field(default=2, ge=1, le=10_000)
 
 
 class SplitConfig(_Strict):
@@ -77,7 +90,7 @@ class SplitConfig(_Strict):
     train_ratio: float = Field(default=0.70, gt=0, lt=1)
     val_ratio: float = Field(default=0.15, gt=0, lt=1)
     test_ratio: float = Field(default=0.15, gt=0, lt=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitConfig":
@@ -91,8 +104,8 @@ class EarlyStoppingConfig(_Strict):
     """Stop when validation Recall@1 has not improved by `min_delta` for `patience` epochs."""
 
     enabled: bool = True
-    patience: int = Field(default=5, ge=1)
-    min_delta: float = Field(default=0.001, ge=0)
+    patience: int = Field(default=5, ge=1, le=1000)
+    min_delta: float = Field(default=0.001, ge=0, le=1)
 
 
 class TrainingConfig(_Strict):
@@ -100,17 +113,17 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(default=32, ge=2, le=4096)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
     weight_decay: float = Field(default=0.05, ge=0, le=1)
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    min_lr: float = Field(default=1e-7, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0, le=1000)
+    min_lr: float = Field(default=1e-7, ge=0, le=1)
     llrd_decay: float = Field(default=0.75, gt=0, le=1)
-    head_lr_multiplier: float = Field(default=10.0, gt=0)
-    arcface_lr_multiplier: float = Field(default=10.0, gt=0)
+    head_lr_multiplier: float = Field(default=10.0, gt=0, le=1000)
+    arcface_lr_multiplier: float = Field(default=10.0, gt=0, le=1000)
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
-    grad_clip_norm: float | None = Field(default=1.0, gt=0)
+    grad_clip_norm: float | None = Field(default=1.0, gt=0, le=1e6)
     image_size: int = Field(default=224, ge=28, le=1024)
     embedding_dim: int = Field(default=512, ge=8, le=4096)
     pooling: Literal["cls", "gem", "cls_mean"] = "cls"
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=SEED_MAX)
     num_workers: int = Field(default=2, ge=0, le=64)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
@@ -133,12 +146,12 @@ class LossConfig(_Strict):
     """ArcFace, Triplet or both; a domain-alignment term joins mixed-domain runs."""
 
     type: Literal["arcface", "triplet", "combined"] = "combined"
-    arcface_weight: float = Field(default=1.0, ge=0)
-    triplet_weight: float = Field(default=0.5, ge=0)
-    domain_weight: float = Field(default=0.1, ge=0)
+    arcface_weight: float = Field(default=1.0, ge=0, le=1000)
+    triplet_weight: float = Field(default=0.5, ge=0, le=1000)
+    domain_weight: float = Field(default=0.1, ge=0, le=1000)
     arcface_margin_degrees: float = Field(default=16.0, gt=0, lt=90)
-    arcface_scale: float = Field(default=30.0, gt=0)
-    triplet_margin: float = Field(default=0.2, gt=0)
+    arcface_scale: float = Field(default=30.0, gt=0, le=1000)
+    triplet_margin: float = Field(default=0.2, gt=0, le=100)
     miner: Literal["batch_hard", "semihard", "hard", "all", "none"] = "semihard"
 
 
@@ -146,18 +159,19 @@ class SamplerConfig(_Strict):
     """P labels x K images per batch, or plain random batches."""
 
     type: Literal["pk", "random"] = "pk"
-    p: int = Field(default=8, ge=2)
-    k: int = Field(default=4, ge=1)
+    p: int = Field(default=8, ge=2, le=4096)
+    k: int = Field(default=4, ge=1, le=4096)
     domain_balance: bool = False
 
 
 class CheckpointConfig(_Strict):
-    max_object_bytes: int = Field(default=42_000_000, ge=1_000_000)
+    max_object_bytes: int = Field(default=42_000_000, ge=1_000_000, le=5 * 1024**3)
     keep: Literal["all", "best_and_last"] = "all"
 
 
 class EvaluationConfig(_Strict):
-    k_values: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    k_values: list[Annotated[int, Field(le=1000)]] = Field(
+        default_factory=lambda: [1, 5, 10], min_length=1, max_length=20)
     cross_domain: bool = True
     per_category: bool = True
     hard_cases: int = Field(default=10, ge=0, le=1000)
@@ -173,7 +187,8 @@ class EvaluationConfig(_Strict):
 class RunConfig(_Strict):
     model: ModelName = "dinov2-base"
     model_path: str | None = Field(
-        default=None, description="local directory written by save_pretrained; overrides the hub id"
+        default=None, min_length=1, max_length=PATH_MAX,
+        description="local directory written by save_pretrained; overrides the hub id",
     )
     data_source: DataSourceConfig = Field(default_factory=DataSourceConfig)
     image_config: ImageConfig = Field(default_factory=ImageConfig)
@@ -184,6 +199,34 @@ class RunConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("model_path")
+    @classmethod
+    def _os_accepts_path(cls, path: str | None) -> str | None:
+        if path is None:
+            return path
+        if "\x00" in path:
+            raise ValueError("model_path must not contain NUL characters")
+        if len(path.encode("utf-8", "replace")) >= PATH_MAX:
+            raise ValueError(f"model_path is longer than the OS limit of {PATH_MAX} bytes")
+        longest = max(len(part.encode("utf-8", "replace")) for part in path.split("/"))
+        if longest > NAME_MAX:
+            raise ValueError(
+                f"model_path has a name of {longest} bytes; the OS limit is {NAME_MAX}")
+        return path
+
+    @model_validator(mode="after")
+    def _miner_cost_bounded(self) -> "RunConfig":
+        batch, miner = self.training.batch_size, self.loss.miner
+        if (self.loss.type in ("triplet", "combined") and miner in CUBIC_MINERS
+                and batch > MAX_CUBIC_MINER_BATCH):
+            p, k = (self.sampler.p, self.sampler.k) if self.sampler.type == "pk" else (batch, 1)
+            raise ValueError(
+                f"loss.miner '{miner}' enumerates every triplet of a batch, so its memory grows "
+                f"as batch_size^3: batch_size {batch} needs {gib(miner_bytes(miner, batch, p, k))} "
+                f"for mining alone; use training.batch_size <= {MAX_CUBIC_MINER_BATCH} or "
+                "loss.miner 'batch_hard'")
+        return self
 
     @model_validator(mode="after")
     def _batch_matches_sampler(self) -> "RunConfig":
@@ -197,23 +240,46 @@ class RunConfig(_Strict):
         return self
 
 
+_FIELD_TEXT = 300  # characters of one problem's text
+_MAX_PROBLEMS = 20
+
+
 def _location(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     return loc or "config"
 
 
+def decode_config(text: str | bytes) -> Any:
+    """The JSON text of a config as Python values; a document the decoder cannot read (nested
+    past the recursion limit, an integer of thousands of digits, not JSON) is InvalidConfig."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidConfig("invalid config: nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, and int() past sys.get_int_max_str_digits()
+        raise InvalidConfig(cap_text(f"invalid config: {exc}", _FIELD_TEXT)) from None
+
+
 def parse_config(raw: Any) -> RunConfig:
-    """Validate a raw JSONB config; raise InvalidConfig naming every bad field."""
+    """Validate a raw JSONB config (decoded, or its JSON text); raise InvalidConfig naming every
+    bad field (each name and message capped, so a megabyte key cannot make a megabyte error)."""
+    if isinstance(raw, (str, bytes)):
+        raw = decode_config(raw)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise InvalidConfig(f"config must be a JSON object, got {type(raw).__name__}")
     try:
         return RunConfig.model_validate(raw)
+    except RecursionError:
+        raise InvalidConfig("invalid config: nested too deeply to read") from None
     except ValidationError as exc:
         problems = [
-            f"{_location(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+            cap_text(f"{_location(e)}: {e['msg'].removeprefix('Value error, ')}", _FIELD_TEXT)
+            for e in exc.errors(include_input=False, include_url=False)[:_MAX_PROBLEMS]
         ]
+        if exc.error_count() > _MAX_PROBLEMS:
+            problems.append(f"... and {exc.error_count() - _MAX_PROBLEMS} more")
         raise InvalidConfig(
             "invalid config: " + "; ".join(problems), details={"errors": problems}
         ) from exc
