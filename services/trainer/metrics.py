@@ -12,10 +12,10 @@ gallery order; excluded items are removed from it):
   the same source as the query (augmented copies of one photo) are excluded too.
 - Queries with no relevant gallery item are kept: they score 0 on every metric and their number
   is reported as `queries_without_relevant`, instead of being dropped silently.
-- Cross-domain: every ordered pair of domains present (queries of one, gallery of the other,
-  `"real->synthetic"`), plus the summaries `real_to_synth` (queries of the non-synthetic
-  domains against a gallery of the synthetic ones) and `synth_to_real`. Domains are compared as
-  strings, never as positions.
+- Cross-domain: `real_to_synth` (queries of the non-synthetic domains against a gallery of the
+  synthetic ones) and `synth_to_real`, and every ordered pair of domains present
+  (`domain_pairs`: "real->synthetic" = real queries, gallery of the synthetic items only).
+  Domains are compared as strings, never as positions.
 - Per-category metrics come with their query count, so the count-weighted mean of the
   categories equals the overall value.
 Metrics of an empty query set are None (JSON-friendly, never NaN).
@@ -364,24 +364,36 @@ def cross_domain(
     synthetic_domains: Sequence[str] = SYNTHETIC_DOMAINS,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, dict[str, Any]]:
-    """`real_to_synth` and `synth_to_real` summaries, and under `pairs` one summary per ordered
-    pair of domains present ("real->synthetic": real queries, synthetic gallery)."""
-    names = [str(d) for d in domains]
-    synthetic = [d in synthetic_domains for d in names]
+    """`real_to_synth` and `synth_to_real` summaries (string domains; see module docstring)."""
+    synthetic = [str(d) in synthetic_domains for d in domains]
     real = [not s for s in synthetic]
-    out: dict[str, Any] = {}
-    for name, qmask, gmask in (("real_to_synth", real, synthetic),
-                               ("synth_to_real", synthetic, real)):
-        out[name] = summarize(_ranked_pair(embeddings, labels, sources, k_values, memory_budget,
-                                           _positions(qmask), _positions(gmask)))
+    return {
+        name: summarize(_ranked_pair(embeddings, labels, sources, k_values, memory_budget,
+                                     _positions(qmask), _positions(gmask)))
+        for name, qmask, gmask in (("real_to_synth", real, synthetic),
+                                   ("synth_to_real", synthetic, real))
+    }
+
+
+def domain_pairs(
+    embeddings: torch.Tensor,
+    labels: Sequence[Hashable],
+    domains: Sequence[str],
+    *,
+    k_values: Sequence[int],
+    sources: Sequence[Hashable] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, dict[str, Any]]:
+    """One summary per ordered pair of domains present: "real->synthetic" is real queries
+    against a gallery of the synthetic items only."""
+    names = [str(d) for d in domains]
     present = sorted(set(names))
-    out["pairs"] = {
+    return {
         f"{a}->{b}": summarize(_ranked_pair(
             embeddings, labels, sources, k_values, memory_budget,
             _positions([d == a for d in names]), _positions([d == b for d in names])))
         for a in present for b in present if a != b
     }
-    return out
 
 
 def query_report(
@@ -472,7 +484,7 @@ def evaluate_embeddings(
 ) -> dict[str, Any]:
     """Every metric of one embedded set, evaluated leave-one-out among its own items.
 
-    Returns {"overall", "cross_domain"?, "per_category"?, "worst_products",
+    Returns {"overall", "cross_domain"?, "domain_pairs"?, "per_category"?, "worst_products",
     "most_confused_pairs", "worst_queries"}; labels are reported as given (pass product ids to
     get product ids back), `items` (per item: image id, url, domain...) and `label_info` (per
     label: product name, category) enrich the hard cases.
@@ -486,6 +498,10 @@ def evaluate_embeddings(
     out: dict[str, Any] = {"overall": summarize(res)}
     if with_cross_domain and domains is not None:
         out["cross_domain"] = cross_domain(
+            embeddings, labels, domains, k_values=k_values, sources=sources,
+            memory_budget=memory_budget,
+        )
+        out["domain_pairs"] = domain_pairs(
             embeddings, labels, domains, k_values=k_values, sources=sources,
             memory_budget=memory_budget,
         )

@@ -167,4 +167,4 @@ def test_evaluate_embeddings_reports_every_section():
     assert out["cross_domain"]["real_to_synth"]["recall@1"] == 1.0
     assert out["per_category"]["c"]["recall@1"] == 1.0 and out["per_category"]["c"]["count"] == 6
     assert len(out["worst_products"]) == 2 and out["most_confused_pairs"] == []
-    assert set(out["cross_domain"]["pairs"]) == {"real->synthetic", "synthetic->real"}
+    assert set(out["domain_pairs"]) == {"real->synthetic", "synthetic->real"}

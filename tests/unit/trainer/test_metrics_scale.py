@@ -119,7 +119,7 @@ def test_cross_domain_pairs_restrict_the_gallery_to_the_other_domain():
     emb, labels = random_set(90, 4, 9, seed=8)
     domains = ["real", "synthetic", "cutout"] * 30
     out = evaluate_embeddings(emb, labels, k_values=[1, 5], domains=domains, hard_cases=0)
-    pairs = out["cross_domain"]["pairs"]
+    pairs = out["domain_pairs"]
     assert len(pairs) == 6
     for pair, summary in pairs.items():
         a, b = pair.split("->")
