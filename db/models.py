@@ -341,6 +341,13 @@ class TrainedModel(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
+    # revision 0003: the registered evaluation's per-category results and test-split digest
+    per_category: Mapped[dict | None] = mapped_column(JSONB)
+    test_split_digest: Mapped[str | None] = mapped_column(Text)
+    evaluation_id: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey("evaluations.id", ondelete="SET NULL", name="fk_trained_models_evaluation"),
+    )
 
     __table_args__ = (
         Index(
@@ -369,5 +376,14 @@ class Evaluation(Base):
     per_category: Mapped[dict | None] = mapped_column(JSONB)
     hard_cases: Mapped[dict | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
+    # revision 0003: every ordered domain pair, and which images were scored (md5 of the
+    # split's sorted "product_id url" lines) so different test sets are never compared
+    domain_pairs: Mapped[dict | None] = mapped_column(JSONB)
+    split_digest: Mapped[str | None] = mapped_column(Text)
+    num_images: Mapped[int | None] = mapped_column(Integer)
+    on_demand: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
-    __table_args__ = (CheckConstraint(_in("split", SPLITS), name="ck_evaluations_split"),)
+    __table_args__ = (
+        CheckConstraint(_in("split", SPLITS), name="ck_evaluations_split"),
+        Index("ix_evaluations_checkpoint", "checkpoint_id", "split", "id"),
+    )
