@@ -131,3 +131,51 @@ SELECT id, attempt, epoch, manifest_url, size_bytes, shard_count, train_loss, va
 -- A run's stored evaluations.
 SELECT id, checkpoint_id, split, overall, real_to_synthetic, synthetic_to_real, per_category,
        hard_cases FROM evaluations WHERE run_id = $1 ORDER BY id;
+
+-- ---------------------------------------------------------------------------------------------
+-- HTTP API and dashboard (services/api)
+
+-- name: api_list_runs
+-- A page of runs, newest first: statuses $1 (NULL: all), ids below the cursor $2 (NULL: from the top), $3 rows.
+SELECT id, name, status, attempt, current_epoch, total_epochs, best_val_recall_at_1,
+       error_code, error_message, cancel_requested_at, created_at, started_at, finished_at,
+       CASE WHEN jsonb_typeof(config #> '{training,epochs}') = 'number'
+            THEN greatest(least((config #>> '{training,epochs}')::numeric, 1e6), 0)::int
+       END AS config_epochs
+  FROM training_runs
+ WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
+   AND ($2::bigint IS NULL OR id < $2::bigint)
+ ORDER BY id DESC LIMIT $3;
+
+-- name: api_events_head
+-- The newest position of the commit-safe events cursor (a fresh stream starts after it).
+SELECT txid::text AS txid, id FROM training_events
+ WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY txid DESC, id DESC LIMIT 1;
+
+-- name: api_run_linked_models
+-- Trained models registered from a checkpoint of run $1.
+SELECT m.id, m.name, c.epoch
+  FROM trained_models m JOIN checkpoints c ON c.id = m.checkpoint_id
+ WHERE c.run_id = $1 ORDER BY m.id;
+
+-- name: api_list_models
+-- Every trained model with the run and epoch it came from.
+SELECT m.id, m.name, m.checkpoint_id, c.run_id, r.name AS run_name, c.epoch, m.test_metrics,
+       m.cross_domain_metrics, m.is_default, m.is_active, m.created_at
+  FROM trained_models m JOIN checkpoints c ON c.id = m.checkpoint_id
+  JOIN training_runs r ON r.id = c.run_id
+ ORDER BY m.id DESC;
+
+-- name: api_run_label_names
+-- Product names of a run's labels when it classifies by product (label = product id).
+SELECT DISTINCT i.label, p.product_name
+  FROM run_images i JOIN products p ON p.id = i.product_id
+ WHERE i.run_id = $1 AND i.label = i.product_id::text;
+
+-- name: api_latest_epochs
+-- The last epoch.completed payload of each of the runs $1 (latest loss and val metrics).
+SELECT DISTINCT ON (run_id) run_id, payload
+  FROM training_events
+ WHERE run_id = ANY($1::bigint[]) AND type = 'epoch.completed'
+ ORDER BY run_id, attempt DESC, seq DESC;

@@ -204,3 +204,37 @@ async def run_checkpoints(conn, run_id: int) -> list[asyncpg.Record]:
 
 async def run_evaluations(conn, run_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["run_evaluations"], run_id)
+
+
+# -- HTTP API and dashboard -------------------------------------------------------------------
+async def list_runs_page(conn, *, statuses: Sequence[str] | None, before_id: int | None,
+                         limit: int) -> list[asyncpg.Record]:
+    """Newest runs first, optionally only some statuses, strictly below `before_id`."""
+    return await conn.fetch(QUERIES["api_list_runs"], list(statuses) if statuses else None,
+                            before_id, limit)
+
+
+async def events_head(conn) -> EventCursor:
+    """The cursor of the newest committed event (a stream started here sees only new events)."""
+    row = await conn.fetchrow(QUERIES["api_events_head"])
+    return EventCursor(row["txid"], row["id"]) if row else EventCursor()
+
+
+async def run_linked_models(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["api_run_linked_models"], run_id)
+
+
+async def list_models(conn) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["api_list_models"])
+
+
+async def run_label_names(conn, run_id: int) -> dict[str, str]:
+    """label -> product name, for runs that classify by product."""
+    return {r["label"]: r["product_name"]
+            for r in await conn.fetch(QUERIES["api_run_label_names"], run_id)}
+
+
+async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
+    """run id -> payload of its last epoch.completed event."""
+    rows = await conn.fetch(QUERIES["api_latest_epochs"], list(run_ids))
+    return {r["run_id"]: r["payload"] for r in rows}

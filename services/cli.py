@@ -180,6 +180,16 @@ def cmd_demo(args, settings: Settings) -> int:
     return asyncio.run(run_demo(settings, Console()))
 
 
+# -- api -----------------------------------------------------------------------------------
+def cmd_api(args, settings: Settings) -> int:
+    from services.api.server import serve
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    asyncio.run(serve(_database_url(settings), token, args.host, args.port,
+                      announce=lambda line: print(line, flush=True)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("api", help="the HTTP API and the dashboard")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="loopback (default): reads are open; any other address: every request "
+                        "needs SKUTRAIN_API_TOKEN")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("demo", help="a real training run end to end on the embedded defaults")
     p.set_defaults(func=cmd_demo)

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="SKUTRAIN_TORCH_THREADS")
 
+    api_token: SecretStr | None = Field(default=None, validation_alias="SKUTRAIN_API_TOKEN")
+
     log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
 

@@ -1,0 +1,94 @@
+"""The FastAPI application: the JSON API under /api/v1/training/ and the dashboard, one process.
+
+`create_app` takes everything explicitly (database URL, token, whether reads need it); the CLI
+reads the settings. Errors have one shape, `{"error_code", "message"}` (422s add `errors`, one
+per bad field); a refusal from the SQL guards (SQLSTATE SK010) is a 409 with the guard's own
+message, a missing row (P0002) a 404.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db import repository
+from services.api import dashboard, routes
+from services.api.auth import TokenAuth
+from services.common.errors import SkutrainError
+from services.common.logging import get_logger
+
+REFUSED_SQLSTATE = "SK010"
+NOT_FOUND_SQLSTATE = "P0002"
+UNIQUE_VIOLATION_SQLSTATE = "23505"
+STATIC_DIR = Path(__file__).with_name("static")
+# Domain errors the repository raises for the SQL guards' refusals (SK010) and missing rows.
+_DOMAIN_STATUS = {"refused": 409, "not_found": 404, "invalid_config": 422}
+_ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                409: "conflict", 422: "invalid_request"}
+
+log = get_logger("api")
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error_code": _ERROR_CODES.get(status, "error"), "message": message})
+
+
+def create_app(database_url: str, auth: TokenAuth, *, stream_poll: float = 0.5,
+               pool_size: int = 8) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.pool = await repository.create_pool(database_url, min_size=1, max_size=pool_size)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(title="skutrain", version="1", lifespan=lifespan,
+                  description="Training runs, checkpoints and trained models of skutrain.")
+    app.state.auth = auth
+    app.state.stream_poll = stream_poll
+
+    @app.exception_handler(routes.FieldErrors)
+    async def field_errors(request: Request, exc: routes.FieldErrors):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
+                   "message": err["msg"]} for err in exc.errors()]
+        return routes.FieldErrors("invalid_request", errors).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(SkutrainError)
+    async def domain_error(request: Request, exc: SkutrainError):
+        status = _DOMAIN_STATUS.get(exc.code, 500)
+        return JSONResponse(status_code=status,
+                            content={"error_code": exc.code, "message": exc.message})
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def database_refusal(request: Request, exc: asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == REFUSED_SQLSTATE:
+            return _error(409, exc.args[0] if exc.args else str(exc))
+        if sqlstate == NOT_FOUND_SQLSTATE:
+            return _error(404, exc.args[0] if exc.args else str(exc))
+        if sqlstate == UNIQUE_VIOLATION_SQLSTATE:
+            return _error(409, f"already exists: {exc.detail or exc}")
+        log.error("api.database_error", sqlstate=sqlstate, error_type=type(exc).__name__)
+        return _error(500, "database error; see the server log")
+
+    app.include_router(routes.reads)
+    app.include_router(routes.writes)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
