@@ -153,6 +153,10 @@ class TrainingRun(Base):
     # the trainer's step counter and when it last advanced (a live but hung trainer stalls)
     progress_step: Mapped[int | None] = mapped_column(BigInteger)
     progress_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # a checkpoint was saved or removed: the reconciler re-checks is_best and retention
+    checkpoints_dirty: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
     data_summary: Mapped[dict | None] = mapped_column(JSONB)
@@ -182,6 +186,11 @@ class TrainingRun(Base):
             postgresql_where=text("status IN ('claimed', 'running')"),
         ),
         UniqueConstraint("run_uuid", name="uq_training_runs_run_uuid"),
+        Index(
+            "ix_training_runs_checkpoints_dirty",
+            "id",
+            postgresql_where=text("checkpoints_dirty"),
+        ),
         Index(
             "ix_training_runs_delete_requested",
             "delete_requested_at",

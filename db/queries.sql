@@ -3,12 +3,15 @@
 -- functions of the migrations (db/sql/).
 
 -- name: claim_runs
--- Claim up to $2 queued runs for owner $1 with a lease of $3 seconds.
-SELECT * FROM claim_runs($1, $2, $3);
+-- Claim up to $2 queued runs for owner $1 with a lease of $3 seconds. The config comes back as
+-- text, decoded per run, so one undecodable document fails its run and not the batch.
+SELECT id, name, config::text AS config_text, attempt, lease_epoch, priority
+  FROM claim_runs($1, $2, $3);
 
 -- name: mark_launched
--- Record the launch of the current attempt (fenced on lease_epoch; once per attempt).
-SELECT mark_launched($1, $2, $3, $4);
+-- Record the launch of the current attempt with what identifies the job ($5) (fenced on
+-- lease_epoch; once per attempt); emits run.launched.
+SELECT mark_launched($1, $2, $3, $4, $5::jsonb);
 
 -- name: release_run
 -- Put a claimed, never launched run back in the queue.
@@ -179,3 +182,118 @@ SELECT DISTINCT ON (run_id) run_id, payload
   FROM training_events
  WHERE run_id = ANY($1::bigint[]) AND type = 'epoch.completed'
  ORDER BY run_id, attempt DESC, seq DESC;
+
+-- ---------------------------------------------------------------------------------------------
+-- Lifecycle: launches (dispatcher), leases, cancel, resume, deletes, best, retention (reconciler)
+
+-- name: begin_launch
+-- Record the intent to launch (run $1, attempt $2) at lease epoch $3 by launcher $4, owner $5;
+-- returns the launch record (an existing one when already recorded), nothing when fenced out.
+SELECT run_id, attempt, lease_epoch, launcher, external_job_id, identity
+  FROM begin_launch($1, $2, $3, $4, $5);
+
+-- name: live_launches
+-- Launch records of launcher $1 whose job was not yet seen gone.
+SELECT l.run_id, l.attempt, l.lease_epoch, l.launcher, l.external_job_id, l.identity,
+       r.status, r.attempt AS run_attempt, r.lease_epoch AS run_lease_epoch
+  FROM run_launches l LEFT JOIN training_runs r ON r.id = l.run_id
+ WHERE l.launcher = $1 AND l.ended_at IS NULL
+ ORDER BY l.run_id, l.attempt;
+
+-- name: count_live_launches
+-- How many jobs of launcher $1 may still run (max_concurrent counts these).
+SELECT count(*) FROM run_launches WHERE launcher = $1 AND ended_at IS NULL;
+
+-- name: end_launch
+-- The job of (run $1, attempt $2) is gone; $3 says why.
+SELECT end_launch($1, $2, $3);
+
+-- name: recover_attempt
+-- Requeue (run $1 at lease epoch $2) to resume, or fail it with $3/$4 after $5 attempts.
+SELECT recover_attempt($1, $2, $3, $4, $5);
+
+-- name: request_resume
+-- Continue a failed or cancelled run from its last checkpoint.
+SELECT request_resume($1);
+
+-- name: request_delete
+-- Mark run $1 and its checkpoints for deletion ($2: force past linked models).
+SELECT request_delete($1, $2);
+
+-- name: request_checkpoint_delete
+-- Mark checkpoint $1 for deletion ($2: force past linked models).
+SELECT request_checkpoint_delete($1, $2);
+
+-- name: runs_needing_attention
+-- Claimed or running runs whose lease expired, whose step stalled for $1 seconds, or with a
+-- cancel request, with their current launch record (the partial index of active runs).
+SELECT r.id, r.attempt, r.lease_epoch, r.status, r.cancel_requested_at,
+       r.cancel_requested_at < now() - make_interval(secs => $2) AS cancel_overdue,
+       r.lease_expires_at < now() AS expired,
+       r.progress_at < now() - make_interval(secs => $1) AS stalled,
+       l.launcher, l.external_job_id, l.identity, l.ended_at
+  FROM training_runs r
+  LEFT JOIN run_launches l ON l.run_id = r.id AND l.attempt = r.attempt
+ WHERE r.status IN ('claimed', 'running')
+   AND (r.lease_expires_at < now()
+        OR r.progress_at < now() - make_interval(secs => $1)
+        OR r.cancel_requested_at IS NOT NULL)
+ ORDER BY r.id;
+
+-- name: cancel_stopped_run
+-- The job of (run $1 at lease epoch $2) is stopped: end the run cancelled (fenced).
+SELECT finish_run($1, $2, 'cancelled', NULL, NULL,
+                  jsonb_build_object('reason', $3::text));
+
+-- name: checkpoints_marked_for_delete
+-- Up to $1 checkpoints marked for deletion, oldest request first.
+SELECT id, run_id, attempt, epoch, manifest_url, resume_state_url
+  FROM checkpoints WHERE delete_requested_at IS NOT NULL
+ ORDER BY delete_requested_at, id LIMIT $1;
+
+-- name: remove_checkpoint
+-- Remove a marked checkpoint's row once its bytes are gone.
+SELECT remove_checkpoint($1);
+
+-- name: runs_marked_for_delete
+-- Up to $1 runs marked for deletion that no longer run.
+SELECT id FROM training_runs
+ WHERE delete_requested_at IS NOT NULL AND status NOT IN ('claimed', 'running')
+ ORDER BY delete_requested_at, id LIMIT $1;
+
+-- name: remove_run
+-- Delete a marked run's row once its checkpoints are removed (leaves a tombstone).
+SELECT remove_run($1);
+
+-- name: unclean_tombstones
+-- Up to $1 deleted runs whose job and storage are not yet cleaned up.
+SELECT run_id, run_uuid::text AS run_uuid, name, launcher, external_job_id, identity
+  FROM deleted_runs WHERE cleaned_at IS NULL ORDER BY deleted_at LIMIT $1;
+
+-- name: mark_tombstone_cleaned
+-- A deleted run's job is stopped and its storage prefix removed.
+UPDATE deleted_runs SET cleaned_at = now() WHERE run_id = $1 AND cleaned_at IS NULL;
+
+-- name: runs_with_dirty_checkpoints
+-- Up to $1 runs, not active, whose checkpoints changed since is_best/retention last ran.
+SELECT id FROM training_runs
+ WHERE checkpoints_dirty AND status NOT IN ('claimed', 'running')
+ ORDER BY id LIMIT $1;
+
+-- name: live_checkpoints
+-- Run $1's checkpoints not marked for deletion, with what the best choice reads.
+SELECT c.id, c.attempt, c.epoch, c.val_recall_at_1, c.val_loss, c.is_best,
+       EXISTS (SELECT 1 FROM trained_models m WHERE m.checkpoint_id = c.id) AS linked
+  FROM checkpoints c
+ WHERE c.run_id = $1 AND c.delete_requested_at IS NULL ORDER BY c.epoch, c.attempt;
+
+-- name: settle_checkpoints
+-- Set run $1's best checkpoint to $2 and mark $3 for deletion (retention); fenced on the run
+-- not being active.
+SELECT settle_checkpoints($1, $2, $3::bigint[]);
+
+-- name: existing_run_uuids
+-- Which of the uuids $1 are runs (the orphan sweep keeps their objects).
+SELECT run_uuid::text FROM training_runs WHERE run_uuid = ANY($1::uuid[])
+UNION
+SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;

@@ -13,7 +13,7 @@ import asyncpg
 
 from db.connection import asyncpg_dsn
 from db.queries import QUERIES
-from services.common.errors import LeaseLost
+from services.common.errors import LeaseLost, NotFound, Refused
 from services.common.logging import safe_message
 
 LEASE_LOST_SQLSTATE = "SK001"
@@ -40,11 +40,12 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, **kwarg
 
 @dataclass(frozen=True)
 class ClaimedRun:
-    """What a lease holder needs: the run, its attempt and the fencing token."""
+    """What a lease holder needs: the run, its attempt and the fencing token. `config` is the
+    document's JSON text: each run decodes its own, so one bad document fails one run."""
 
     id: int
     name: str
-    config: Any
+    config: str
     attempt: int
     lease_epoch: int
     priority: int
@@ -61,15 +62,16 @@ async def claim_runs(conn, owner: str, limit: int, lease_seconds: float) -> list
         return []
     rows = await conn.fetch(QUERIES["claim_runs"], owner, limit, float(lease_seconds))
     return [
-        ClaimedRun(r["id"], r["name"], r["config"], r["attempt"], r["lease_epoch"], r["priority"])
+        ClaimedRun(r["id"], r["name"], r["config_text"], r["attempt"], r["lease_epoch"],
+                   r["priority"])
         for r in rows
     ]
 
 
 async def mark_launched(conn, run_id: int, lease_epoch: int, launcher: str,
-                        external_job_id: str | None) -> bool:
+                        external_job_id: str | None, identity: dict | None = None) -> bool:
     return await conn.fetchval(QUERIES["mark_launched"], run_id, lease_epoch, launcher,
-                               external_job_id)
+                               external_job_id, identity or {})
 
 
 async def release_run(conn, run_id: int, lease_epoch: int, reason: str) -> bool:
@@ -238,3 +240,109 @@ async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
     """run id -> payload of its last epoch.completed event."""
     rows = await conn.fetch(QUERIES["api_latest_epochs"], list(run_ids))
     return {r["run_id"]: r["payload"] for r in rows}
+
+
+# -- Lifecycle: launches, leases, cancel, resume, deletes, best, retention --------------------
+REFUSED_SQLSTATE = "SK010"
+
+
+async def _refusable(conn, query: str, *args):
+    """Run a request_* function: SK010 becomes Refused, a missing row RunNotFound."""
+    try:
+        return await conn.fetchval(QUERIES[query], *args)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise Refused(exc.args[0] if exc.args else str(exc)) from exc
+        if isinstance(exc, asyncpg.NoDataFoundError):
+            raise NotFound(exc.args[0] if exc.args else str(exc)) from exc
+        raise
+
+
+async def begin_launch(conn, run_id: int, attempt: int, lease_epoch: int, launcher: str,
+                       owner: str) -> asyncpg.Record | None:
+    """The launch record of (run, attempt), created if missing; None when the run is no longer
+    claimed at this lease epoch."""
+    return await conn.fetchrow(QUERIES["begin_launch"], run_id, attempt, lease_epoch, launcher,
+                               owner)
+
+
+async def live_launches(conn, launcher: str) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["live_launches"], launcher)
+
+
+async def count_live_launches(conn, launcher: str) -> int:
+    return await conn.fetchval(QUERIES["count_live_launches"], launcher)
+
+
+async def end_launch(conn, run_id: int, attempt: int, reason: str) -> bool:
+    return bool(await conn.fetchval(QUERIES["end_launch"], run_id, attempt, reason))
+
+
+async def recover_attempt(conn, run_id: int, lease_epoch: int, error_code: str, message: str,
+                          max_attempts: int) -> str | None:
+    """'queued' (to resume), 'failed' (no attempts left) or None (the fence did not hold)."""
+    return await conn.fetchval(QUERIES["recover_attempt"], run_id, lease_epoch, error_code,
+                               message, max_attempts)
+
+
+async def request_resume(conn, run_id: int) -> str:
+    return await _refusable(conn, "request_resume", run_id)
+
+
+async def request_delete(conn, run_id: int, force: bool = False) -> str:
+    return await _refusable(conn, "request_delete", run_id, force)
+
+
+async def request_checkpoint_delete(conn, checkpoint_id: int, force: bool = False) -> str:
+    return await _refusable(conn, "request_checkpoint_delete", checkpoint_id, force)
+
+
+async def runs_needing_attention(conn, stall_seconds: float,
+                                 cancel_grace: float) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["runs_needing_attention"], float(stall_seconds),
+                            float(cancel_grace))
+
+
+async def cancel_stopped_run(conn, run_id: int, lease_epoch: int, reason: str) -> bool:
+    return await conn.fetchval(QUERIES["cancel_stopped_run"], run_id, lease_epoch, reason)
+
+
+async def checkpoints_marked_for_delete(conn, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["checkpoints_marked_for_delete"], limit)
+
+
+async def remove_checkpoint(conn, checkpoint_id: int) -> bool:
+    return await conn.fetchval(QUERIES["remove_checkpoint"], checkpoint_id)
+
+
+async def runs_marked_for_delete(conn, limit: int) -> list[int]:
+    return [r["id"] for r in await conn.fetch(QUERIES["runs_marked_for_delete"], limit)]
+
+
+async def remove_run(conn, run_id: int) -> bool:
+    return await conn.fetchval(QUERIES["remove_run"], run_id)
+
+
+async def unclean_tombstones(conn, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["unclean_tombstones"], limit)
+
+
+async def mark_tombstone_cleaned(conn, run_id: int) -> None:
+    await conn.execute(QUERIES["mark_tombstone_cleaned"], run_id)
+
+
+async def runs_with_dirty_checkpoints(conn, limit: int) -> list[int]:
+    return [r["id"] for r in await conn.fetch(QUERIES["runs_with_dirty_checkpoints"], limit)]
+
+
+async def live_checkpoints(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["live_checkpoints"], run_id)
+
+
+async def settle_checkpoints(conn, run_id: int, best_id: int | None,
+                             delete_ids: Sequence[int]) -> bool:
+    return await conn.fetchval(QUERIES["settle_checkpoints"], run_id, best_id, list(delete_ids))
+
+
+async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
+    return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}

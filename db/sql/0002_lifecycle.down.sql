@@ -77,6 +77,67 @@ BEGIN
   END IF;
 END $$;
 
+DROP TRIGGER IF EXISTS training_runs_before_delete ON training_runs;
+DROP FUNCTION IF EXISTS training_runs_before_delete();
+DROP FUNCTION IF EXISTS settle_checkpoints(bigint, bigint, bigint[]);
+DROP FUNCTION IF EXISTS remove_run(bigint);
+DROP FUNCTION IF EXISTS remove_checkpoint(bigint);
+DROP FUNCTION IF EXISTS request_checkpoint_delete(bigint, boolean);
+DROP FUNCTION IF EXISTS request_delete(bigint, boolean);
+DROP FUNCTION IF EXISTS unlink_models(bigint[], boolean, text);
+DROP FUNCTION IF EXISTS end_launch(bigint, int, text);
+DROP FUNCTION IF EXISTS recover_attempt(bigint, bigint, text, text, int);
+DROP FUNCTION IF EXISTS request_resume(bigint);
+DROP FUNCTION IF EXISTS queue_resume(bigint, text);
+DROP FUNCTION IF EXISTS remaining_epochs(int, int);
+DROP FUNCTION IF EXISTS begin_launch(bigint, int, bigint, text, text);
+DROP FUNCTION IF EXISTS mark_launched(bigint, bigint, text, text, jsonb);
+DROP FUNCTION IF EXISTS lock_run_events(bigint);
+
+-- Record a launch once per (run, attempt); fenced on the lease epoch.
+CREATE FUNCTION mark_launched(p_run_id bigint, p_lease_epoch bigint, p_launcher text,
+                              p_external_job_id text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE training_runs
+     SET launcher = p_launcher, external_job_id = p_external_job_id,
+         launched_attempt = attempt, updated_at = now()
+   WHERE id = p_run_id AND lease_epoch = p_lease_epoch
+     AND status IN ('claimed', 'running')
+     AND launched_attempt IS DISTINCT FROM attempt;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM emit_run_event(p_run_id, 'run.launched',
+    jsonb_build_object('launcher', p_launcher, 'external_job_id', p_external_job_id));
+  RETURN true;
+END $$;
+
+-- Cancel: a queued run at once; a claimed or running one is flagged for its holder.
+CREATE OR REPLACE FUNCTION request_cancel(p_run_id bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_status text;
+  v_requested timestamptz;
+BEGIN
+  SELECT status, cancel_requested_at INTO v_status, v_requested
+    FROM training_runs WHERE id = p_run_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'training run % does not exist', p_run_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF v_status IN ('completed', 'failed', 'cancelled') OR v_requested IS NOT NULL THEN
+    RETURN v_status;
+  END IF;
+  UPDATE training_runs SET cancel_requested_at = now(), updated_at = now() WHERE id = p_run_id;
+  PERFORM emit_run_event(p_run_id, 'run.cancel_requested', jsonb_build_object('status', v_status));
+  IF v_status = 'queued' THEN
+    UPDATE training_runs SET status = 'cancelled', finished_at = now() WHERE id = p_run_id;
+    PERFORM emit_run_event(p_run_id, 'run.cancelled', jsonb_build_object('reason', 'cancelled while queued'));
+    RETURN 'cancelled';
+  END IF;
+  PERFORM pg_notify('skutrain_cancel', p_run_id::text);
+  RETURN v_status;
+END $$;
+
 DROP FUNCTION IF EXISTS checkpoint_for_epoch(bigint, int);
 DROP TABLE IF EXISTS deleted_runs;
 DROP TABLE IF EXISTS run_launches;
@@ -90,8 +151,10 @@ ALTER TABLE checkpoints
   DROP COLUMN resume_state_url,
   DROP COLUMN delete_requested_at,
   ADD CONSTRAINT uq_checkpoints_run_epoch UNIQUE (run_id, epoch);
+DROP INDEX IF EXISTS ix_training_runs_checkpoints_dirty;
 ALTER TABLE training_runs
   DROP CONSTRAINT uq_training_runs_run_uuid,
+  DROP COLUMN checkpoints_dirty,
   DROP COLUMN run_uuid,
   DROP COLUMN progress_step,
   DROP COLUMN progress_at,

@@ -169,3 +169,377 @@ BEGIN
     cancel_requested := false;
   END IF;
 END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Event order. A consumer reads events in (txid, id) order, so one run's events must be written
+-- in transactions whose xids grow with seq. Every function below that writes a run's events
+-- first takes this lock, before anything assigns its transaction an xid: a writer waiting for
+-- the run gets its xid after the previous writer's.
+CREATE FUNCTION lock_run_events(p_run_id bigint) RETURNS void LANGUAGE sql AS $$
+  SELECT pg_advisory_xact_lock(1802658676, (p_run_id % 2147483647)::int);
+$$;
+
+ALTER TABLE training_runs ADD COLUMN checkpoints_dirty boolean NOT NULL DEFAULT false;
+CREATE INDEX ix_training_runs_checkpoints_dirty ON training_runs (id) WHERE checkpoints_dirty;
+
+-- A saved checkpoint also tells the reconciler to re-check the run's best and retention.
+CREATE OR REPLACE FUNCTION project_checkpoint_saved(p_run_id bigint, p_attempt int,
+                                                   p_payload jsonb)
+RETURNS void LANGUAGE sql AS $$
+  INSERT INTO checkpoints (run_id, attempt, epoch, manifest_url, size_bytes, shard_count,
+                           train_loss, val_loss, val_recall_at_1, val_recall_at_5,
+                           val_recall_at_10, val_map, metrics, resume_state_url)
+  VALUES (p_run_id, p_attempt, (p_payload ->> 'epoch')::int, p_payload ->> 'manifest_url',
+          (p_payload ->> 'size_bytes')::bigint, (p_payload ->> 'shard_count')::int,
+          (p_payload ->> 'train_loss')::float8, (p_payload ->> 'val_loss')::float8,
+          (p_payload #>> '{metrics,recall_at_1}')::float8,
+          (p_payload #>> '{metrics,recall_at_5}')::float8,
+          (p_payload #>> '{metrics,recall_at_10}')::float8,
+          (p_payload #>> '{metrics,map}')::float8,
+          coalesce(p_payload -> 'metrics', '{}'::jsonb), p_payload ->> 'resume_state_url')
+  ON CONFLICT (run_id, attempt, epoch) DO NOTHING;
+  UPDATE training_runs SET checkpoints_dirty = true WHERE id = p_run_id AND NOT checkpoints_dirty;
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Launches. begin_launch records the intent (idempotent per (run, attempt), fenced); the job is
+-- started held at a gate; mark_launched records what identifies it and emits run.launched; only
+-- then is the job let go, so run.launched precedes the trainer's first event.
+CREATE FUNCTION begin_launch(p_run_id bigint, p_attempt int, p_lease_epoch bigint,
+                             p_launcher text, p_owner text)
+RETURNS SETOF run_launches LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM 1 FROM training_runs
+   WHERE id = p_run_id AND attempt = p_attempt AND lease_epoch = p_lease_epoch
+     AND status = 'claimed';
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, owner)
+  VALUES (p_run_id, p_attempt, p_lease_epoch, p_launcher, p_owner)
+  ON CONFLICT (run_id, attempt) DO NOTHING;
+  RETURN QUERY SELECT * FROM run_launches WHERE run_id = p_run_id AND attempt = p_attempt;
+END $$;
+
+DROP FUNCTION mark_launched(bigint, bigint, text, text);
+CREATE FUNCTION mark_launched(p_run_id bigint, p_lease_epoch bigint, p_launcher text,
+                              p_external_job_id text, p_identity jsonb DEFAULT '{}'::jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_attempt int;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  UPDATE training_runs
+     SET launcher = p_launcher, external_job_id = p_external_job_id,
+         launched_attempt = attempt, updated_at = now()
+   WHERE id = p_run_id AND lease_epoch = p_lease_epoch
+     AND status IN ('claimed', 'running')
+     AND launched_attempt IS DISTINCT FROM attempt
+  RETURNING attempt INTO v_attempt;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, external_job_id, identity,
+                            launched_at)
+  VALUES (p_run_id, v_attempt, p_lease_epoch, p_launcher, p_external_job_id,
+          coalesce(p_identity, '{}'::jsonb), now())
+  ON CONFLICT (run_id, attempt) DO UPDATE
+     SET external_job_id = excluded.external_job_id, identity = excluded.identity,
+         launched_at = excluded.launched_at;
+  PERFORM emit_run_event(p_run_id, 'run.launched',
+    jsonb_build_object('launcher', p_launcher, 'external_job_id', p_external_job_id));
+  RETURN true;
+END $$;
+
+-- Remaining epochs when a run resumes after its checkpoint of `p_last_completed_epoch`.
+CREATE FUNCTION remaining_epochs(p_total_epochs int, p_last_completed_epoch int)
+RETURNS int LANGUAGE sql IMMUTABLE AS $$
+  SELECT greatest(coalesce(p_total_epochs, 0) - coalesce(p_last_completed_epoch, 0), 0)
+$$;
+
+-- Queue a run again to continue from its last checkpoint that has resume state. The caller
+-- holds the run's event lock. Bumps lease_epoch so the previous attempt is fenced out at once.
+CREATE FUNCTION queue_resume(p_run_id bigint, p_reason text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_checkpoint checkpoints%ROWTYPE;
+  v_total int;
+  v_remaining int;
+BEGIN
+  SELECT c.* INTO v_checkpoint FROM checkpoints c
+   WHERE c.run_id = p_run_id AND c.resume_state_url IS NOT NULL AND c.delete_requested_at IS NULL
+   ORDER BY c.epoch DESC, c.attempt DESC LIMIT 1;
+  SELECT coalesce(total_epochs, (config #>> '{training,epochs}')::int) INTO v_total
+    FROM training_runs WHERE id = p_run_id;
+  v_remaining := remaining_epochs(v_total, coalesce(v_checkpoint.epoch, 0));
+  UPDATE training_runs
+     SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+         lease_epoch = lease_epoch + 1, resume_from_checkpoint_id = v_checkpoint.id,
+         cancel_requested_at = NULL, error_code = NULL, error_message = NULL,
+         finished_at = NULL, progress_step = NULL, progress_at = NULL, updated_at = now()
+   WHERE id = p_run_id;
+  PERFORM emit_run_event(p_run_id, 'run.resumed', jsonb_build_object(
+    'checkpoint_id', v_checkpoint.id, 'epoch', coalesce(v_checkpoint.epoch, 0),
+    'remaining_epochs', v_remaining, 'reason', p_reason));
+  PERFORM pg_notify('skutrain_runs', 'queued');
+  RETURN v_remaining;
+END $$;
+
+-- Continue a failed or cancelled run from its last checkpoint (SK010 for any other state).
+CREATE FUNCTION request_resume(p_run_id bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_status text;
+  v_delete timestamptz;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT status, delete_requested_at INTO v_status, v_delete
+    FROM training_runs WHERE id = p_run_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'training run % does not exist', p_run_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF v_delete IS NOT NULL THEN
+    RAISE EXCEPTION 'run % is being deleted and cannot be resumed', p_run_id USING ERRCODE = 'SK010';
+  END IF;
+  IF v_status NOT IN ('failed', 'cancelled') THEN
+    RAISE EXCEPTION 'run % is %: only a failed or cancelled run can be resumed', p_run_id, v_status
+      USING ERRCODE = 'SK010';
+  END IF;
+  PERFORM queue_resume(p_run_id, 'requested');
+  RETURN 'queued';
+END $$;
+
+-- The job of the run's current attempt is gone or hung: end its launch record and requeue the
+-- run to resume (attempt + 1 at the next claim), or fail it once it used p_max_attempts.
+-- Fenced on lease_epoch; returns the run's new status, or NULL when the fence did not hold.
+CREATE FUNCTION recover_attempt(p_run_id bigint, p_lease_epoch bigint, p_error_code text,
+                                p_message text, p_max_attempts int)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_attempt int;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT attempt INTO v_attempt FROM training_runs
+   WHERE id = p_run_id AND lease_epoch = p_lease_epoch AND status IN ('claimed', 'running')
+   FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  UPDATE run_launches SET ended_at = coalesce(ended_at, now()), end_reason = p_error_code
+   WHERE run_id = p_run_id AND attempt = v_attempt;
+  IF v_attempt >= p_max_attempts THEN
+    PERFORM finish_run(p_run_id, p_lease_epoch, 'failed', p_error_code,
+      p_message || format(' (attempt %s of %s: no attempts left)', v_attempt, p_max_attempts));
+    RETURN 'failed';
+  END IF;
+  PERFORM emit_run_event(p_run_id, 'run.requeued',
+    jsonb_build_object('reason', p_error_code, 'message', p_message, 'attempt', v_attempt));
+  PERFORM queue_resume(p_run_id, p_error_code);
+  RETURN 'queued';
+END $$;
+
+-- Close a launch record whose job is gone after its run ended (or was requeued).
+CREATE FUNCTION end_launch(p_run_id bigint, p_attempt int, p_reason text) RETURNS boolean
+LANGUAGE sql AS $$
+  UPDATE run_launches SET ended_at = now(), end_reason = p_reason
+   WHERE run_id = p_run_id AND attempt = p_attempt AND ended_at IS NULL
+  RETURNING true
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Cancel: a queued run at once; a claimed or running one is flagged for its holder (the
+-- reconciler stops its job after a grace period); a finished one is refused.
+CREATE OR REPLACE FUNCTION request_cancel(p_run_id bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_status text;
+  v_requested timestamptz;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT status, cancel_requested_at INTO v_status, v_requested
+    FROM training_runs WHERE id = p_run_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'training run % does not exist', p_run_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF v_status IN ('completed', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'run % already ended as %: there is nothing to cancel', p_run_id, v_status
+      USING ERRCODE = 'SK010';
+  END IF;
+  IF v_requested IS NOT NULL THEN
+    RETURN v_status;
+  END IF;
+  UPDATE training_runs SET cancel_requested_at = now(), updated_at = now() WHERE id = p_run_id;
+  PERFORM emit_run_event(p_run_id, 'run.cancel_requested', jsonb_build_object('status', v_status));
+  IF v_status = 'queued' THEN
+    UPDATE training_runs SET status = 'cancelled', finished_at = now() WHERE id = p_run_id;
+    PERFORM emit_run_event(p_run_id, 'run.cancelled', jsonb_build_object('reason', 'cancelled while queued'));
+    RETURN 'cancelled';
+  END IF;
+  PERFORM pg_notify('skutrain_cancel', p_run_id::text);
+  RETURN v_status;
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Deletes. Rows are marked, the reconciler deletes the bytes, then removes the rows; a trained
+-- model linked to what is deleted refuses the request (SK010, naming the models) unless p_force,
+-- which deregisters them first.
+CREATE FUNCTION unlink_models(p_checkpoint_ids bigint[], p_force boolean, p_what text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_models text;
+BEGIN
+  SELECT string_agg(format('%s (id %s)', name, id), ', ' ORDER BY id) INTO v_models
+    FROM trained_models WHERE checkpoint_id = ANY(p_checkpoint_ids);
+  IF v_models IS NULL THEN
+    RETURN;
+  END IF;
+  IF NOT p_force THEN
+    RAISE EXCEPTION '% is used by trained model(s) %: deregister them first or delete with force',
+      p_what, v_models USING ERRCODE = 'SK010';
+  END IF;
+  DELETE FROM trained_models WHERE checkpoint_id = ANY(p_checkpoint_ids);
+END $$;
+
+CREATE FUNCTION request_delete(p_run_id bigint, p_force boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_run training_runs%ROWTYPE;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT * INTO v_run FROM training_runs WHERE id = p_run_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'training run % does not exist', p_run_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF v_run.delete_requested_at IS NOT NULL THEN
+    RETURN 'delete_requested';
+  END IF;
+  PERFORM unlink_models(ARRAY(SELECT id FROM checkpoints WHERE run_id = p_run_id), p_force,
+                        format('run %s', p_run_id));
+  IF v_run.status IN ('queued', 'claimed', 'running') THEN
+    PERFORM request_cancel(p_run_id);
+  END IF;
+  UPDATE training_runs SET delete_requested_at = now(), updated_at = now() WHERE id = p_run_id;
+  UPDATE checkpoints SET delete_requested_at = now()
+   WHERE run_id = p_run_id AND delete_requested_at IS NULL;
+  PERFORM emit_run_event(p_run_id, 'run.delete_requested', jsonb_build_object('force', p_force));
+  PERFORM pg_notify('skutrain_reconcile', 'delete');
+  RETURN 'delete_requested';
+END $$;
+
+CREATE FUNCTION request_checkpoint_delete(p_checkpoint_id bigint, p_force boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_checkpoint checkpoints%ROWTYPE;
+BEGIN
+  SELECT * INTO v_checkpoint FROM checkpoints WHERE id = p_checkpoint_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'checkpoint % does not exist', p_checkpoint_id USING ERRCODE = 'no_data_found';
+  END IF;
+  PERFORM lock_run_events(v_checkpoint.run_id);
+  IF v_checkpoint.delete_requested_at IS NOT NULL THEN
+    RETURN 'delete_requested';
+  END IF;
+  PERFORM unlink_models(ARRAY[p_checkpoint_id], p_force,
+                        format('checkpoint %s (run %s, epoch %s)', p_checkpoint_id,
+                               v_checkpoint.run_id, v_checkpoint.epoch));
+  UPDATE checkpoints SET delete_requested_at = now() WHERE id = p_checkpoint_id;
+  PERFORM emit_run_event(v_checkpoint.run_id, 'checkpoint.delete_requested',
+    jsonb_build_object('checkpoint_id', p_checkpoint_id, 'epoch', v_checkpoint.epoch,
+                       'attempt', v_checkpoint.attempt, 'force', p_force));
+  PERFORM pg_notify('skutrain_reconcile', 'delete');
+  RETURN 'delete_requested';
+END $$;
+
+-- The checkpoint's bytes are gone: remove its row and tell consumers.
+CREATE FUNCTION remove_checkpoint(p_checkpoint_id bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_run_id bigint;
+  v_checkpoint checkpoints%ROWTYPE;
+BEGIN
+  SELECT run_id INTO v_run_id FROM checkpoints
+   WHERE id = p_checkpoint_id AND delete_requested_at IS NOT NULL;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM lock_run_events(v_run_id);
+  DELETE FROM checkpoints WHERE id = p_checkpoint_id AND delete_requested_at IS NOT NULL
+  RETURNING * INTO v_checkpoint;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  UPDATE training_runs SET checkpoints_dirty = true,
+         best_val_recall_at_1 = CASE WHEN v_checkpoint.is_best THEN NULL
+                                     ELSE best_val_recall_at_1 END
+   WHERE id = v_run_id;
+  PERFORM emit_run_event(v_run_id, 'checkpoint.deleted', jsonb_build_object(
+    'checkpoint_id', p_checkpoint_id, 'epoch', v_checkpoint.epoch,
+    'attempt', v_checkpoint.attempt, 'manifest_url', v_checkpoint.manifest_url));
+  RETURN true;
+END $$;
+
+-- A run marked for deletion whose checkpoints are all removed and that no longer runs: delete
+-- its row (the delete trigger leaves the tombstone and the run.deleted event).
+CREATE FUNCTION remove_run(p_run_id bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  DELETE FROM training_runs r
+   WHERE r.id = p_run_id AND r.delete_requested_at IS NOT NULL
+     AND r.status NOT IN ('claimed', 'running')
+     AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = r.id);
+  RETURN FOUND;
+END $$;
+
+-- However a run row goes (remove_run or a DELETE by hand), consumers see run.deleted and the
+-- reconciler gets a tombstone to stop the job and clean the run's storage prefix.
+CREATE FUNCTION training_runs_before_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  v_launch run_launches%ROWTYPE;
+BEGIN
+  SELECT * INTO v_launch FROM run_launches
+   WHERE run_id = OLD.id ORDER BY attempt DESC LIMIT 1;
+  INSERT INTO deleted_runs (run_id, run_uuid, name, launcher, external_job_id, identity)
+  VALUES (OLD.id, OLD.run_uuid, OLD.name, v_launch.launcher, v_launch.external_job_id,
+          CASE WHEN v_launch.ended_at IS NULL THEN v_launch.identity END)
+  ON CONFLICT (run_id) DO NOTHING;
+  INSERT INTO training_events (run_id, attempt, seq, type, payload)
+  VALUES (OLD.id, OLD.attempt, OLD.event_seq + 1, 'run.deleted',
+          jsonb_build_object('name', OLD.name, 'status', OLD.status,
+                             'requested', OLD.delete_requested_at IS NOT NULL));
+  PERFORM pg_notify('skutrain_reconcile', 'deleted');
+  RETURN OLD;
+END $$;
+
+CREATE TRIGGER training_runs_before_delete BEFORE DELETE ON training_runs
+FOR EACH ROW EXECUTE FUNCTION training_runs_before_delete();
+
+-- Best checkpoint and retention, as the reconciler chose them (services/trainer/best.py) for a
+-- run that no longer trains: exactly one is_best, retention through the delete path.
+CREATE FUNCTION settle_checkpoints(p_run_id bigint, p_best_id bigint, p_delete_ids bigint[])
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_was bigint;
+  v_best checkpoints%ROWTYPE;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT best_checkpoint_id INTO v_was FROM training_runs
+   WHERE id = p_run_id AND status NOT IN ('claimed', 'running') FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  UPDATE checkpoints SET is_best = false
+   WHERE run_id = p_run_id AND is_best AND id IS DISTINCT FROM p_best_id;
+  UPDATE checkpoints SET is_best = true WHERE id = p_best_id AND run_id = p_run_id AND NOT is_best;
+  SELECT * INTO v_best FROM checkpoints WHERE id = p_best_id AND run_id = p_run_id;
+  UPDATE training_runs
+     SET best_checkpoint_id = v_best.id, best_val_recall_at_1 = v_best.val_recall_at_1,
+         checkpoints_dirty = false, updated_at = now()
+   WHERE id = p_run_id;
+  IF v_best.id IS DISTINCT FROM v_was AND v_best.id IS NOT NULL THEN
+    PERFORM emit_run_event(p_run_id, 'checkpoint.best', jsonb_build_object(
+      'epoch', v_best.epoch, 'checkpoint_id', v_best.id, 'metrics', v_best.metrics,
+      'chosen_by', 'reconciler'));
+  END IF;
+  UPDATE checkpoints c SET delete_requested_at = now()
+   WHERE c.run_id = p_run_id AND c.id = ANY(p_delete_ids) AND NOT c.is_best
+     AND c.delete_requested_at IS NULL
+     AND NOT EXISTS (SELECT 1 FROM trained_models m WHERE m.checkpoint_id = c.id);
+  RETURN true;
+END $$;

@@ -65,3 +65,15 @@ class TrainingFailed(SkutrainError):
     """An unexpected error inside training (a bug or a library failure)."""
 
     code = "training_failed"
+
+
+# Lifecycle requests (request_resume, request_delete, request_cancel...): SQLSTATE SK010 and
+# P0002 from the database.
+class Refused(SkutrainError):
+    """The request does not apply to the row's state (or a trained model links to it)."""
+
+    code = "refused"
+
+
+class NotFound(SkutrainError):
+    code = "not_found"

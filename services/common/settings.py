@@ -48,6 +48,20 @@ class Settings(BaseSettings):
 
     api_token: SecretStr | None = Field(default=None, validation_alias="SKUTRAIN_API_TOKEN")
 
+    # Lifecycle (dispatcher + reconciler): attempts per run, when a lease counts as hung, how
+    # long a cancelled job gets before SIGKILL, how many checkpoints to keep (None: all).
+    max_attempts: int = Field(default=3, ge=1, validation_alias="SKUTRAIN_MAX_ATTEMPTS")
+    stall_timeout: float = Field(default=600.0, gt=0, validation_alias="SKUTRAIN_STALL_TIMEOUT")
+    cancel_grace: float = Field(default=30.0, ge=0, validation_alias="SKUTRAIN_CANCEL_GRACE")
+    keep_latest_checkpoints: int | None = Field(
+        default=None, ge=1, validation_alias="SKUTRAIN_KEEP_LATEST_CHECKPOINTS")
+    reconcile_interval: float = Field(default=5.0, gt=0,
+                                      validation_alias="SKUTRAIN_RECONCILE_INTERVAL")
+    orphan_grace: float = Field(default=3600.0, ge=0, validation_alias="SKUTRAIN_ORPHAN_GRACE")
+    # Fault injection for the chaos tests: the dispatcher SIGKILLs itself at this point.
+    dispatcher_crash_at: Literal["after_claim", "after_start"] | None = Field(
+        default=None, validation_alias="SKUTRAIN_DISPATCHER_CRASH_AT")
+
     log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
 

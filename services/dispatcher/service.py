@@ -3,13 +3,21 @@
 Shape (River's maintenance services): a config with defaults, `start()`/`stop()` (safe twice or
 before start), and `run_once()` that returns what it did. NOTIFY is a hint, never delivery: the
 loop polls at once on every (re)LISTEN and every `poll_interval` seconds, and a listener the
-server killed is reconnected. Claims take only as many runs as the launcher has free slots, and
-no transaction is held open across a launch.
+server killed is reconnected. Claims take only as many runs as the launcher has free slots,
+counted from the live launch records in the database (so a restarted dispatcher still counts the
+trainers it started before), and no transaction is held open across a launch.
+
+Each claimed run is prepared and launched on its own: whatever goes wrong with one run (a config
+that does not decode, a failing preflight, a database error) fails or releases that run and
+never the rest of its batch. A job is started held at its launch gate, its launch recorded
+(`run.launched`), then let go, so the trainer's first event always follows `run.launched`.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -17,10 +25,12 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from db import repository
-from services.common.errors import SkutrainError
-from services.common.logging import get_logger
+from services.common.errors import InvalidConfig, LaunchFailed, SkutrainError
+from services.common.logging import get_logger, redact_text
+from services.common.service_loop import ListeningService
 from services.dispatcher.launchers import Launcher, LaunchRequest
 from services.dispatcher.preflight import Preflight
+from services.reconciler.leases import settle_gone_jobs
 
 CHANNEL = "skutrain_runs"
 
@@ -37,6 +47,8 @@ class DispatcherConfig:
     poll_interval: float = 2.0
     listener_check_interval: float = 5.0
     reconnect_delay: float = 0.5
+    max_attempts: int = 3
+    crash_at: str | None = None  # fault injection for the chaos tests (settings)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -54,104 +66,34 @@ class TickResult:
     reaped: int = 0
 
 
-class Dispatcher:
+class Dispatcher(ListeningService):
+    channels = (CHANNEL,)
+
     def __init__(self, database_url: str, launcher: Launcher, config: DispatcherConfig | None = None):
-        self.database_url = database_url
         self.launcher = launcher
         self.config = config or DispatcherConfig()
-        self.log = get_logger("dispatcher", owner=self.config.owner, launcher=launcher.name)
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._tasks: list[asyncio.Task] = []
-        self.listener_connects = 0
+        super().__init__(database_url, get_logger("dispatcher", owner=self.config.owner,
+                                                  launcher=launcher.name))
         self.preflight = Preflight()
         self.totals = TickResult()
 
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._pool = await repository.create_pool(self.database_url, min_size=1, max_size=2)
-        self._tasks = [
-            asyncio.create_task(self._listen_forever(), name="dispatcher-listener"),
-            asyncio.create_task(self._loop(), name="dispatcher-loop"),
-        ]
-        self.log.info("dispatcher.started")
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def wait(self) -> None:
-        """Run until stop(); if a side task dies, stop and re-raise its error."""
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        self.stop()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._close()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+    def _more_work(self, result: TickResult) -> bool:
+        return bool(result.claimed)  # there may be more: claim again before sleeping
 
     async def _close(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close()
-        if self._pool is not None:
-            await self._pool.close()
+        await super()._close()
         await self.launcher.close()
         self.log.info("dispatcher.stopped", **vars(self.totals))
-
-    # -- loops -----------------------------------------------------------------------------
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                result = await self.run_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.log.warning("dispatcher.tick_failed", error=str(exc))
-                result = TickResult()
-            if result.claimed and not self._stopping.is_set():
-                continue  # there may be more: claim again before sleeping
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-
-    async def _listen_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn = await repository.connect(self.database_url)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
-                self._listener = conn
-                self.listener_connects += 1
-                self.log.info("dispatcher.listening", connects=self.listener_connects)
-                self._wake.set()  # poll at once on every (re)LISTEN
-                while not self._stopping.is_set() and not lost.is_set():
-                    waiters = [asyncio.ensure_future(lost.wait()),
-                               asyncio.ensure_future(self._stopping.wait())]
-                    done, pending = await asyncio.wait(
-                        waiters, timeout=self.config.listener_check_interval,
-                        return_when=asyncio.FIRST_COMPLETED)
-                    for waiter in pending:
-                        waiter.cancel()
-                    if not done:
-                        await conn.fetchval("SELECT 1")  # detects a silently dead connection
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.log.warning("dispatcher.listener_lost", error=str(exc))
-            finally:
-                if self._listener is not None and not self._listener.is_closed():
-                    self._listener.terminate()
-            if not self._stopping.is_set():
-                await asyncio.sleep(self.config.reconnect_delay)
 
     # -- one tick --------------------------------------------------------------------------
     async def run_once(self) -> TickResult:
         result = TickResult()
         assert self._pool is not None, "start() first"
         async with self._pool.acquire() as conn:
-            result.reaped = await self._reap(conn)
-            slots = self.launcher.free_slots()
+            result.reaped = await settle_gone_jobs(conn, self.launcher, self.config.max_attempts,
+                                                   self.log)
+            live = await repository.count_live_launches(conn, self.launcher.name)
+            slots = self.launcher.max_concurrent - live
             if self._stopping.is_set() or slots <= 0:
                 return result
             runs = await repository.claim_runs(
@@ -159,56 +101,87 @@ class Dispatcher:
                 self.config.lease_seconds,
             )
             result.claimed = len(runs)
-            outcomes = [await self._prepare_and_launch(conn, run) for run in runs]
-            # One transaction records the whole batch: one commit, not one per run.
-            async with conn.transaction():
-                for run, outcome in zip(runs, outcomes):
-                    if outcome is None:
-                        if await repository.release_run(conn, run.id, run.lease_epoch,
-                                                        "dispatcher stopped"):
-                            result.released += 1
-                    elif isinstance(outcome, SkutrainError):
-                        await repository.finish_run(
-                            conn, run.id, run.lease_epoch, "failed", error_code=outcome.code,
-                            error_message=outcome.message, payload={"details": outcome.details})
-                        result.failed += 1
-                    else:
-                        await repository.mark_launched(conn, run.id, run.lease_epoch,
-                                                       self.launcher.name, outcome)
-                        result.launched += 1
+            self._crash_point("after_claim", runs)
+            for run in runs:
+                outcome = await self._launch_one(conn, run)
+                setattr(result, outcome, getattr(result, outcome) + 1)
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
         if result.claimed or result.reaped:
             self.log.info("dispatcher.tick", **vars(result))
         return result
 
-    async def _prepare_and_launch(self, conn, run: repository.ClaimedRun) -> str | SkutrainError | None:
-        """The external job id, the error that fails the run, or None to release it."""
-        if self._stopping.is_set():
-            return None
-        log = self.log.bind(run_id=run.id, attempt=run.attempt)
-        try:
-            await self.preflight.check(conn, run.config)
-            external_id = await self.launcher.launch(
-                LaunchRequest(run.id, run.attempt, run.lease_epoch))
-        except SkutrainError as exc:
-            log.warning("run.failed", error_code=exc.code, error=exc.message)
-            return exc
-        log.debug("run.launched", external_job_id=external_id)
-        return external_id
+    def _crash_point(self, point: str, runs) -> None:
+        if runs and self.config.crash_at == point:
+            self.log.warning("dispatcher.crash_injected", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _reap(self, conn) -> int:
-        """Fail runs whose job ended without finishing them (a crashed trainer)."""
-        exited = self.launcher.reap()
-        for job in exited:
-            req = job.request
-            failed = await repository.finish_run(
-                conn, req.run_id, req.lease_epoch, "failed", error_code="worker_crashed",
-                error_message=(
-                    f"the trainer process exited with code {job.returncode} before finishing "
-                    f"the run; its log ends with: {job.log_tail[-500:]}"
-                ),
-            )
-            if failed:
-                self.log.warning("run.worker_crashed", run_id=req.run_id, returncode=job.returncode)
-        return len(exited)
+    async def _launch_one(self, conn, run: repository.ClaimedRun) -> str:
+        """Prepare and launch one claimed run; returns the TickResult field it counts in."""
+        log = self.log.bind(run_id=run.id, attempt=run.attempt)
+        request = LaunchRequest(run.id, run.attempt, run.lease_epoch)
+        if self._stopping.is_set():
+            return await self._release(conn, run, "dispatcher stopped")
+        try:
+            await self.preflight.check(conn, decode_config(run.config))
+            if await repository.begin_launch(conn, run.id, run.attempt, run.lease_epoch,
+                                             self.launcher.name, self.config.owner) is None:
+                return "released"  # fenced: another holder has the run now
+            job = await self.launcher.launch(request)
+        except SkutrainError as exc:
+            return await self._fail(conn, run, exc, log)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            log.warning("run.launch_interrupted", error=redact_text(str(exc)))
+            return await self._release(conn, run, "dispatcher lost the database while launching")
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not take the batch
+            failure = LaunchFailed(
+                f"preparing the launch failed: {type(exc).__name__}: {redact_text(str(exc))[:500]}")
+            return await self._fail(conn, run, failure, log)
+        self._crash_point("after_start", [run])
+        try:
+            recorded = await repository.mark_launched(conn, run.id, run.lease_epoch,
+                                                      self.launcher.name, job.external_id,
+                                                      job.identity)
+        except Exception as exc:  # noqa: BLE001
+            await self.launcher.abandon(request, job)  # its gate closes: the job never trains
+            log.warning("run.launch_not_recorded", error=redact_text(str(exc)))
+            return await self._release(conn, run, "the launch could not be recorded")
+        except BaseException:
+            await self.launcher.abandon(request, job)
+            raise
+        if not recorded:
+            await self.launcher.abandon(request, job)
+            return "released"
+        await self.launcher.release(request, job)
+        log.debug("run.launched", external_job_id=job.external_id)
+        return "launched"
+
+    async def _fail(self, conn, run, exc: SkutrainError, log) -> str:
+        log.warning("run.failed", error_code=exc.code, error=exc.message)
+        try:
+            await repository.finish_run(conn, run.id, run.lease_epoch, "failed",
+                                        error_code=exc.code, error_message=exc.message,
+                                        payload={"details": exc.details})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as db_exc:
+            log.warning("run.fail_not_recorded", error=redact_text(str(db_exc)))
+        return "failed"
+
+    async def _release(self, conn, run, reason: str) -> str:
+        """Back to the queue; if even that fails, the lease expires and the reconciler does it."""
+        try:
+            await repository.release_run(conn, run.id, run.lease_epoch, reason)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.log.warning("run.release_failed", run_id=run.id, error=redact_text(str(exc)))
+        return "released"
+
+
+def decode_config(text: str):
+    """The run's config document, or InvalidConfig for one no decoder here can read (too deep,
+    numbers too long)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidConfig(
+            f"the run config could not be decoded ({type(exc).__name__}: {str(exc)[:200]}): "
+            "store a smaller, flatter JSON document"
+        ) from None

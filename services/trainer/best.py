@@ -70,3 +70,14 @@ def remaining_epochs(total_epochs: int, last_completed_epoch: int) -> int:
             f"{last_completed_epoch}"
         )
     return max(0, total_epochs - last_completed_epoch)
+
+
+def retention_deletes(checkpoints: Iterable[tuple[int, int, int]], best_id: int | None,
+                      keep_latest: int | None) -> list[int]:
+    """Ids of the checkpoints (id, epoch, attempt) the keep policy removes: every one but the
+    best and the `keep_latest` latest (by epoch, then attempt); None keeps all."""
+    if keep_latest is None:
+        return []
+    newest_first = sorted(checkpoints, key=lambda c: (c[1], c[2]), reverse=True)
+    keep = {c[0] for c in newest_first[:keep_latest]} | {best_id}
+    return [c[0] for c in newest_first if c[0] not in keep]
