@@ -1,35 +1,72 @@
-"""Checks a claimed run must pass before a GPU job is spent on it: a valid config and enough data.
+"""Checks a claimed run must pass before a GPU job is spent on it: every failure a person can act
+on that is knowable before the launch gets its own error_code here, not after it.
+
+- invalid_config: the config does not decode or validate (ranges, miner batch bounds);
+- memory_budget_exceeded: its planned peak memory does not fit the worker's budget;
+- dataset_not_found / products_not_found: the data source names ids that do not exist;
+- model_unavailable: model_path is not a readable directory (local workers only);
+- insufficient_products / insufficient_images / insufficient_labels: too little data, or fewer
+  training labels than the P-K sampler's p.
 
 The data counts use the run's data source and image config exactly as the trainer will
 (services.trainer.data.manifest), before any download; the trainer checks again afterwards.
 """
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from db import repository
-from services.common.errors import DatasetNotFound
+from services.common.errors import (
+    DatasetNotFound, InsufficientLabels, ModelUnavailable, ProductsNotFound,
+)
+from services.common.settings import get_settings
 from services.trainer.config import RunConfig, parse_config
-from services.trainer.data.manifest import count_manifest
-from services.trainer.data.split import check_counts
+from services.trainer.data.manifest import build_manifest
+from services.trainer.data.split import check_counts, filter_min_samples, split_sizes
+from services.trainer.memory import check_memory
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    products: int
+    images: int
+    labels: int
+
 
 class Preflight:
     """Validates runs. Data counts are cached per (data source, image config, labels) for
     `ttl` seconds: counting reads the catalog, and a burst of runs on the same data should not
-    read it once per run. The trainer re-checks the real numbers after downloading anyway."""
+    read it once per run. The trainer re-checks the real numbers after downloading anyway.
 
-    def __init__(self, ttl: float = 10.0):
+    `memory_budget` (bytes of `device`) is what one training job may use (default: the
+    worker_memory settings); `local_worker` says the trainer shares this machine's filesystem,
+    so model_path can be checked here."""
+
+    def __init__(self, ttl: float = 10.0, *, memory_budget: int | None = None,
+                 device: str | None = None, local_worker: bool = True):
+        settings = get_settings()
         self.ttl = ttl
-        self._counts: dict[str, tuple[float, tuple[int, int]]] = {}
+        self.memory_budget = memory_budget or settings.worker_memory_budget
+        self.device = device or settings.worker_device
+        self.local_worker = local_worker
+        self._counts: dict[str, tuple[float, DataCounts]] = {}
 
     async def check(self, conn, raw_config: Any) -> RunConfig:
         config = parse_config(raw_config)
-        n_products, n_images = await self._count(conn, config)
-        check_counts(n_products, n_images)
+        if self.local_worker and config.model_path is not None:
+            check_model_path(config.model_path)
+        counts = await self._count(conn, config)
+        check_counts(counts.products, counts.images)
+        check_labels(config, counts.labels)
+        check_memory(config, self.memory_budget, f"the worker's budget ({self.device})",
+                     device=self.device, num_classes=counts.labels)
         return config
 
-    async def _count(self, conn, config: RunConfig) -> tuple[int, int]:
+    async def _count(self, conn, config: RunConfig) -> DataCounts:
         key = config.model_dump_json(include={"data_source", "image_config", "label_config"})
         cached = self._counts.get(key)
         if cached is None or time.monotonic() - cached[0] > self.ttl:
@@ -44,7 +81,46 @@ class Preflight:
                 conn, source.type, dataset_id=source.dataset_id,
                 product_ids=source.product_ids,
             )
+            if source.type == "selected":
+                check_products_exist(source.product_ids, {p["id"] for p in products})
             images = await repository.product_images_for(conn, [p["id"] for p in products])
-            counts = count_manifest([dict(p) for p in products], [dict(i) for i in images], config)
+            records = filter_min_samples(
+                build_manifest([dict(p) for p in products], [dict(i) for i in images], config),
+                config.label_config.min_samples_per_class,
+            )
+            counts = DataCounts(len({r.product_id for r in records}), len(records),
+                                len({r.label for r in records}))
             self._counts[key] = cached = (time.monotonic(), counts)
         return cached[1]
+
+
+def check_products_exist(wanted: list[int], found: set[int]) -> None:
+    missing = sorted(set(wanted) - found)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ProductsNotFound(
+            f"{len(missing)} of data_source.product_ids do not exist: {shown}; remove them or "
+            "import those products first", details={"missing": missing[:100]})
+
+
+def check_labels(config: RunConfig, labels: int) -> None:
+    """The P-K sampler draws p distinct labels per batch from the training split."""
+    if config.sampler.type != "pk":
+        return
+    s = config.split
+    train_labels = split_sizes(labels, [s.train_ratio, s.val_ratio, s.test_ratio])[0]
+    if train_labels < config.sampler.p:
+        raise InsufficientLabels(
+            f"the training split has {train_labels} labels ({labels} in all, "
+            f"label_field '{config.label_config.label_field}', train_ratio {s.train_ratio:g}) "
+            f"but sampler.p is {config.sampler.p}: lower sampler.p (and training.batch_size) "
+            "or add products",
+            details={"train_labels": train_labels, "labels": labels, "p": config.sampler.p})
+
+
+def check_model_path(model_path: str) -> None:
+    path = Path(model_path)
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        raise ModelUnavailable(
+            f"model_path {model_path} is not a readable directory on the worker: point it at a "
+            "folder written by save_pretrained, or leave it unset to use the hub weights")
