@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import signal
 import sys
 from pathlib import Path
 
-from services.common.logging import configure_logging, get_logger, redact_text
+from services.common.logging import (
+    configure_logging, get_logger, redact_text, safe_message, terminal_safe,
+)
+from services.common.retry import backoff_delay
 from services.common.settings import Settings, get_settings
 
 
@@ -87,15 +92,46 @@ def cmd_dispatcher(args, settings: Settings) -> int:
 
 
 # -- events --------------------------------------------------------------------------------
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the database connection is gone or not there (a restart, a refusal)."""
+    import asyncpg
+
+    return (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError)
+
+
 async def tail_events(url: str, run_id: int | None, follow: bool, as_json: bool,
-                      poll: float = 0.5, out=sys.stdout) -> None:
+                      poll: float = 0.5, out=sys.stdout, err=sys.stderr,
+                      reconnect_cap: float = 5.0) -> None:
+    """Print events after the cursor. With `follow`, a lost connection (a Postgres restart) is
+    reopened with backoff and reading goes on from the cursor: nothing skipped, nothing twice.
+    Text mode escapes what the events carry (types are strings anyone can insert); JSON mode
+    is ASCII with escapes."""
     from db import repository
 
-    conn = await repository.connect(url)
+    lost = _connection_errors()
     cursor = repository.EventCursor()
+    conn = None
+    failures = 0
     try:
         while True:
-            rows = await repository.events_after(conn, cursor, 500)
+            try:
+                if conn is None:
+                    conn = await repository.connect(url)
+                rows = await repository.events_after(conn, cursor, 500)
+            except lost as exc:
+                if not follow:
+                    raise
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+                delay = backoff_delay(failures, 0.2, reconnect_cap, random.random())
+                failures += 1
+                print(f"skutrain: database connection lost ({_one_line(exc)}); reconnecting in "
+                      f"{delay:.1f}s from the same cursor", file=err, flush=True)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
             for row in rows:
                 cursor = repository.EventCursor(row["txid"], row["id"])
                 if run_id is not None and row["run_id"] != run_id:
@@ -106,14 +142,16 @@ async def tail_events(url: str, run_id: int | None, follow: bool, as_json: bool,
                     print(json.dumps(record), file=out, flush=True)
                 else:
                     print(f"{row['created_at']:%H:%M:%S} run={row['run_id']} "
-                          f"attempt={row['attempt']} seq={row['seq']:<4} {row['type']:<22} "
+                          f"attempt={row['attempt']} seq={row['seq']:<4} "
+                          f"{terminal_safe(row['type']):<22} "
                           f"{json.dumps(row['payload'])[:160]}", file=out, flush=True)
             if not rows:
                 if not follow:
                     return
                 await asyncio.sleep(poll)
     finally:
-        await conn.close()
+        if conn is not None:
+            conn.terminate()
 
 
 def cmd_events(args, settings: Settings) -> int:
@@ -129,15 +167,15 @@ def cmd_runs(args, settings: Settings) -> int:
         conn = await repository.connect(_database_url(settings))
         try:
             if args.action == "create":
-                run_id = await repository.insert_run(conn, args.name, json.loads(args.config),
+                run_id = await repository.insert_run(conn, args.name, args.config,
                                                      args.priority)
                 print(run_id)
             elif args.action == "list":
                 for r in await repository.list_runs(conn, args.limit):
                     r1 = "-" if r["best_val_recall_at_1"] is None else f"{r['best_val_recall_at_1']:.3f}"
                     print(f"{r['id']:>5} {r['status']:<10} epoch {r['current_epoch']}/"
-                          f"{r['total_epochs'] or '?'} val R@1 {r1:<6} {r['name']} "
-                          f"{r['error_code'] or ''}")
+                          f"{r['total_epochs'] or '?'} val R@1 {r1:<6} "
+                          f"{terminal_safe(r['name'])} {terminal_safe(r['error_code'] or '')}")
             elif args.action == "cancel":
                 print(await repository.request_cancel(conn, args.run_id))
         finally:
@@ -190,6 +228,73 @@ def cmd_api(args, settings: Settings) -> int:
     return 0
 
 
+# -- arguments and errors a person can act on --------------------------------------------
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind` >= `minimum` (0 batches or 0 slots make no sense)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if not value >= minimum or (kind is int and value > BIGINT_MAX):
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+    return parse
+
+
+BIGINT_MAX = 2**63 - 1
+_positive_int = _at_least(1)
+_positive_float = _at_least(1e-3, float)
+
+
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object (a run config)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {_one_line(exc)}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return terminal_safe(safe_message(str(exc).strip() or type(exc).__name__, 500))
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """One line for an error a person can act on; None for a bug (it keeps its traceback)."""
+    import asyncpg
+
+    from services.common.errors import SkutrainError
+
+    if isinstance(exc, SkutrainError):
+        return f"{exc.code}: {_one_line(exc)}"
+    if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)):
+        return (f"the database has no skutrain schema ({_one_line(exc)}): run "
+                "`skutrain db upgrade` first")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{_one_line(exc)}: create it, or check DATABASE_URL (`skutrain db url`)"
+    if isinstance(exc, (asyncpg.InvalidAuthorizationSpecificationError,
+                        asyncpg.InvalidPasswordError)):
+        return f"the database refused the login: {_one_line(exc)}; check DATABASE_URL"
+    if isinstance(exc, _connection_errors()) or type(exc).__name__ == "OperationalError":
+        return (f"cannot reach the database: {_one_line(exc)}; is it running? "
+                "(`skutrain db url` shows which one)")
+    if isinstance(exc, asyncpg.PostgresError) and (
+            exc.sqlstate in ("P0002", "SK010")
+            or exc.sqlstate[:2] in ("22", "23")):  # no such row, refused, bad data, constraint
+        return _one_line(exc)
+    return None
+
+
+def _stdout_closed() -> int:
+    """`skutrain events tail | head`: the reader left; stop quietly, as a SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,15 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dispatcher", help="claim queued runs and launch their jobs")
     p.add_argument("--launcher", default="local", choices=["local", "noop"])
-    p.add_argument("--max-concurrent", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--poll-interval", type=float, default=2.0)
-    p.add_argument("--lease-seconds", type=float, default=120.0)
+    p.add_argument("--max-concurrent", type=_positive_int, default=1)
+    p.add_argument("--batch-size", type=_positive_int, default=10)
+    p.add_argument("--poll-interval", type=_positive_float, default=2.0)
+    p.add_argument("--lease-seconds", type=_at_least(1.0, float), default=120.0)
     p.set_defaults(func=cmd_dispatcher)
 
     p = sub.add_parser("events", help="read the events table")
     p.add_argument("action", choices=["tail"])
-    p.add_argument("--run", type=int)
+    p.add_argument("--run", type=_positive_int)
     p.add_argument("--follow", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_events)
@@ -222,20 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     rs = p.add_subparsers(dest="action", required=True)
     c = rs.add_parser("create")
     c.add_argument("name")
-    c.add_argument("--config", default="{}")
+    c.add_argument("--config", type=_json_object, default="{}")
     c.add_argument("--priority", type=int, default=0)
-    rs.add_parser("list").add_argument("--limit", type=int, default=20)
-    rs.add_parser("cancel").add_argument("run_id", type=int)
+    rs.add_parser("list").add_argument("--limit", type=_positive_int, default=20)
+    rs.add_parser("cancel").add_argument("run_id", type=_positive_int)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("catalog", help="generate a product catalog into storage and the database")
     p.add_argument("action", choices=["generate"])
-    p.add_argument("--products", type=int, default=40)
-    p.add_argument("--images-per-product", type=int, default=10)
+    p.add_argument("--products", type=_positive_int, default=40)
+    p.add_argument("--images-per-product", type=_positive_int, default=10)
     p.add_argument("--domains", nargs="+", default=["synthetic", "real", "augmented", "cutout"],
                    choices=["synthetic", "real", "augmented", "cutout"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--image-size", type=_at_least(8), default=96)
     p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("api", help="the HTTP API and the dashboard")
@@ -258,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+    except Exception as exc:
+        message = describe_error(exc)
+        if message is None:
+            raise
+        print(f"skutrain: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

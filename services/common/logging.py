@@ -45,6 +45,25 @@ def safe_message(text: str, limit: int = MAX_TEXT) -> str:
     return cap_text(redact_text(text), limit)
 
 
+# What must not reach a terminal raw: C0/C1 controls and DEL (escape sequences, BEL, newlines),
+# bidirectional overrides and isolates (U+202E makes text read backwards), zero-width and
+# line-separator characters.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """Untrusted text (a run name, an error message) as one printable line: every control,
+    bidi or invisible character written as its \\x../\\u.... escape."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def redact_text(text: str) -> str:
     """Remove passwords in URLs, secret query parameters, bearer tokens and known key formats."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
