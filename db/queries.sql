@@ -139,14 +139,16 @@ SELECT id, checkpoint_id, split, overall, real_to_synthetic, synthetic_to_real, 
 -- HTTP API and dashboard (services/api)
 
 -- name: api_list_runs
--- A page of runs, newest first: statuses $1 (NULL: all), ids below the cursor $2 (NULL: from the top), $3 rows.
+-- A page of runs not being deleted, newest first: statuses $1 (NULL: all), ids below the
+-- cursor $2 (NULL: from the top), $3 rows.
 SELECT id, name, status, attempt, current_epoch, total_epochs, best_val_recall_at_1,
        error_code, error_message, cancel_requested_at, created_at, started_at, finished_at,
        CASE WHEN jsonb_typeof(config #> '{training,epochs}') = 'number'
             THEN greatest(least((config #>> '{training,epochs}')::numeric, 1e6), 0)::int
        END AS config_epochs
   FROM training_runs
- WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
+ WHERE delete_requested_at IS NULL
+   AND ($1::text[] IS NULL OR status = ANY($1::text[]))
    AND ($2::bigint IS NULL OR id < $2::bigint)
  ORDER BY id DESC LIMIT $3;
 
@@ -161,14 +163,6 @@ SELECT txid::text AS txid, id FROM training_events
 SELECT m.id, m.name, c.epoch
   FROM trained_models m JOIN checkpoints c ON c.id = m.checkpoint_id
  WHERE c.run_id = $1 ORDER BY m.id;
-
--- name: api_list_models
--- Every trained model with the run and epoch it came from.
-SELECT m.id, m.name, m.checkpoint_id, c.run_id, r.name AS run_name, c.epoch, m.test_metrics,
-       m.cross_domain_metrics, m.is_default, m.is_active, m.created_at
-  FROM trained_models m JOIN checkpoints c ON c.id = m.checkpoint_id
-  JOIN training_runs r ON r.id = c.run_id
- ORDER BY m.id DESC;
 
 -- name: api_run_label_names
 -- Product names of a run's labels when it classifies by product (label = product id).

@@ -226,10 +226,6 @@ async def run_linked_models(conn, run_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["api_run_linked_models"], run_id)
 
 
-async def list_models(conn) -> list[asyncpg.Record]:
-    return await conn.fetch(QUERIES["api_list_models"])
-
-
 async def run_label_names(conn, run_id: int) -> dict[str, str]:
     """label -> product name, for runs that classify by product."""
     return {r["label"]: r["product_name"]

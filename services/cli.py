@@ -163,6 +163,9 @@ def cmd_events(args, settings: Settings) -> int:
 def cmd_runs(args, settings: Settings) -> int:
     from db import repository
 
+    if args.action == "report":
+        return cmd_runs_report(args, settings)
+
     async def go() -> None:
         conn = await repository.connect(_database_url(settings))
         try:
@@ -295,6 +298,142 @@ def _stdout_closed() -> int:
     return 141
 
 
+# -- models: registry, evaluation, extraction, search, history, comparison ------------------
+def _models_command(settings: Settings, work) -> int:
+    """Run `work(conn)` on a database connection (errors reach `main`'s describe_error)."""
+    from db import repository
+
+    async def go():
+        conn = await repository.connect(_database_url(settings))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go()) or 0
+
+
+def _device(name: str | None):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def cmd_models(args, settings: Settings) -> int:
+    from services.models import registry
+
+    async def work(conn) -> None:
+        if args.action == "register":
+            doc = await registry.register(conn, args.checkpoint_id, args.name)
+            print(registry.model_summary(doc))
+        elif args.action == "list":
+            for m in await registry.list_models(conn):
+                r1 = "-" if m["test_recall_at_1"] is None else f"{m['test_recall_at_1']:.3f}"
+                print(f"{m['id']:>4} {m['name']:<24} run {m['run_id']} epoch {m['epoch']} "
+                      f"{m['backbone']} dim {m['embedding_dim']} test R@1 {r1}"
+                      f"{' (default)' if m['is_default'] else ''}")
+        elif args.action == "show":
+            doc = await registry.model_document(conn, args.model_id)
+            print(json.dumps(doc, indent=2) if args.json else registry.model_summary(doc))
+        elif args.action == "compare":
+            await _compare(conn, args, settings)
+
+    return _models_command(settings, work)
+
+
+async def _compare(conn, args, settings: Settings) -> None:
+    from services.models import compare, plots
+    from services.models.history import metrics_history
+
+    doc = await compare.compare_models(conn, args.model_ids)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(compare.comparison_table(doc))
+    histories = {m["id"]: await metrics_history(conn, m["run_id"]) for m in doc["models"]}
+    path = args.png or settings.data_dir / "reports" / (
+        "compare-" + "-".join(str(i) for i in args.model_ids) + ".png")
+    plots.plot_comparison(doc, histories, Path(path))
+    print(f"chart: {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    from services.common.storage import storage_from_settings
+    from services.models.evaluate import evaluate_checkpoint
+
+    async def work(conn) -> None:
+        evaluation_id, doc = await evaluate_checkpoint(
+            conn, args.checkpoint_id, split=args.split, storage=storage_from_settings(settings),
+            cache_dir=settings.cache_dir, device=_device(args.device))
+        print(f"evaluation {evaluation_id} of checkpoint {args.checkpoint_id} ({args.split}): "
+              + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in doc["overall"].items()))
+
+    return _models_command(settings, work)
+
+
+def cmd_extract(args, settings: Settings) -> int:
+    from rich.progress import Progress
+
+    from services.common.storage import storage_from_settings
+    from services.models.extract import extract, qdrant_client
+
+    async def work(conn) -> None:
+        client = qdrant_client(settings.qdrant_url, settings.data_dir)
+        try:
+            with Progress() as bar:
+                task = bar.add_task("embedding", total=None)
+                report = await extract(
+                    conn, args.model, storage=storage_from_settings(settings), client=client,
+                    cache_dir=settings.cache_dir, product_ids=args.products, domains=args.domains,
+                    device=_device(args.device),
+                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+        finally:
+            client.close()
+        print(f"{report.images} images of {report.products} products in collection "
+              f"{report.collection} ({report.skipped} could not be downloaded)")
+
+    return _models_command(settings, work)
+
+
+def cmd_search(args, settings: Settings) -> int:
+    from services.common.storage import storage_from_settings
+    from services.models.extract import load_registered_model, qdrant_client
+    from services.models.search import nearest_products
+
+    async def work(conn) -> None:
+        registered = await load_registered_model(conn, args.model, storage_from_settings(settings))
+        client = qdrant_client(settings.qdrant_url, settings.data_dir)
+        try:
+            hits = nearest_products(client, registered, Path(args.image), args.k,
+                                    device=_device(args.device))
+        finally:
+            client.close()
+        for rank, hit in enumerate(hits, start=1):
+            print(f"{rank}. {hit['score']:.4f} product {hit['product_id']} "
+                  f"{hit['product_name'] or ''} [{hit['category'] or '-'}] "
+                  f"via {hit['domain']} {hit['url']}")
+
+    return _models_command(settings, work)
+
+
+def cmd_runs_report(args, settings: Settings) -> int:
+    from services.models import plots
+    from services.models.history import history_table, metrics_history
+
+    async def work(conn) -> None:
+        history = await metrics_history(conn, args.run_id)
+        if not history:
+            print(f"run {args.run_id} has no completed epochs yet")
+            return
+        print(history_table(history))
+        path = Path(args.png or settings.data_dir / "reports" / f"run-{args.run_id}.png")
+        plots.plot_history(history, path, f"run {args.run_id}")
+        print(f"chart: {path}")
+
+    return _models_command(settings, work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--priority", type=int, default=0)
     rs.add_parser("list").add_argument("--limit", type=_positive_int, default=20)
     rs.add_parser("cancel").add_argument("run_id", type=_positive_int)
+    c = rs.add_parser("report", help="the run's metrics per epoch, and a PNG of the curves")
+    c.add_argument("run_id", type=int)
+    c.add_argument("--png", help="where to write the chart (default: data dir/reports/)")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("catalog", help="generate a product catalog into storage and the database")
@@ -349,6 +491,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs SKUTRAIN_API_TOKEN")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("models", help="register, list, show and compare trained models")
+    ms = p.add_subparsers(dest="action", required=True)
+    c = ms.add_parser("register", help="register a checkpoint (it needs a test evaluation)")
+    c.add_argument("checkpoint_id", type=int)
+    c.add_argument("name")
+    ms.add_parser("list", help="the models usable for extraction")
+    c = ms.add_parser("show")
+    c.add_argument("model_id", type=int)
+    c.add_argument("--json", action="store_true")
+    c = ms.add_parser("compare", help="2 to 5 models side by side, and a PNG")
+    c.add_argument("model_ids", type=int, nargs="+", metavar="MODEL")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--png", help="where to write the chart (default: data dir/reports/)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("evaluate", help="evaluate any checkpoint on its run's test (or val) split")
+    p.add_argument("checkpoint_id", type=int)
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("extract", help="embed catalog images with a model into Qdrant")
+    p.add_argument("--model", type=int, required=True)
+    p.add_argument("--products", type=int, nargs="+", help="product ids (default: all)")
+    p.add_argument("--domains", nargs="+", choices=["synthetic", "real", "augmented", "cutout"])
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("search", help="the products nearest to an image, by a model")
+    p.add_argument("--model", type=int, required=True)
+    p.add_argument("image")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="a real training run end to end on the embedded defaults")
     p.set_defaults(func=cmd_demo)

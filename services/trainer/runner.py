@@ -19,11 +19,12 @@ from db import repository
 from services.common.errors import SkutrainError, TrainingFailed
 from services.common.logging import get_logger, redact_text
 from services.common.storage import ObjectRef, Storage
+from services.models.evaluate import evaluate_images
 from services.trainer import checkpoints
 from services.trainer.best import EpochScore, best_epoch
 from services.trainer.config import RunConfig, parse_config
 from services.trainer.data.dataset import ProductImageDataset
-from services.trainer.engine import Trainer, evaluate_model
+from services.trainer.engine import Trainer
 from services.trainer.event_writer import EventWriter, EventWriterConfig
 from services.trainer.losses import build_loss
 from services.trainer.model import build_embedding_model, preprocessing
@@ -167,7 +168,6 @@ def _train(env, writer, db, run_id, lease_epoch, config: RunConfig, log) -> str:
     size = config.training.image_size
     train = ProductImageDataset(data.splits["train"], size, train=True)
     val = ProductImageDataset(data.splits["val"], size, train=False)
-    test = ProductImageDataset(data.splits["test"], size, train=False)
     model = build_embedding_model(config, hf_token=env.hf_token)
     loss = build_loss(config.loss, num_classes=len(train.label_to_index),
                       embedding_dim=config.training.embedding_dim)
@@ -184,27 +184,19 @@ def _train(env, writer, db, run_id, lease_epoch, config: RunConfig, log) -> str:
     best = result.best_epoch
     manifest_url = hooks.manifests.get(best) or _stored_manifest(db, run_id, best)
     best_model, _ = checkpoints.load_embedding_model(env.storage, ObjectRef.parse(manifest_url))
-    evaluation = evaluate_model(best_model, test, config, device=torch.device(env.device))
-    writer.emit("eval.completed", {"epoch": best, "split": "test", **_evaluation_payload(evaluation)})
+    test_images = data.splits["test"]
+    products = db(lambda c: repository.products_info(
+        c, sorted({image.record.product_id for image in test_images})))
+    evaluation = evaluate_images(best_model, test_images, config,
+                                 device=torch.device(env.device), products=products)
+    writer.emit("eval.completed", {"epoch": best, "split": "test", **evaluation})
     log.info("run.evaluated", best_epoch=best, test=evaluation["overall"])
     return _finish(writer, db, run_id, lease_epoch, "completed", payload={
         "best_epoch": best, "epochs_run": len(result.epochs),
         "stopped_early": result.status == "early_stopped",
-        "test": _metrics(evaluation["overall"]),
+        "test": evaluation["overall"],
     })
 
-
-def _evaluation_payload(evaluation: dict[str, Any]) -> dict[str, Any]:
-    cross = evaluation.get("cross_domain") or {}
-    per_category = evaluation.get("per_category")
-    return {
-        "overall": _metrics(evaluation["overall"]),
-        "real_to_synthetic": cross.get("real_to_synth") and _metrics(cross["real_to_synth"]),
-        "synthetic_to_real": cross.get("synth_to_real") and _metrics(cross["synth_to_real"]),
-        "per_category": per_category and {c: _metrics(v) for c, v in per_category.items()},
-        "hard_cases": {"worst_products": evaluation.get("worst_products"),
-                       "most_confused_pairs": evaluation.get("most_confused_pairs")},
-    }
 
 
 def _stored_manifest(db, run_id: int, epoch: int) -> str:
