@@ -291,3 +291,4 @@ SELECT settle_checkpoints($1, $2, $3::bigint[]);
 SELECT run_uuid::text FROM training_runs WHERE run_uuid = ANY($1::uuid[])
 UNION
 SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;
+

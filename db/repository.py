@@ -113,7 +113,8 @@ async def append_trainer_events(conn, run_id: int, lease_epoch: int, first_seq: 
 
 
 async def request_cancel(conn, run_id: int) -> str:
-    return await conn.fetchval(QUERIES["request_cancel"], run_id)
+    """The run's status after the request; Refused for a run that already ended."""
+    return await _refusable(conn, "request_cancel", run_id)
 
 
 async def insert_run(conn, name: str, config: dict, priority: int = 0) -> int:
@@ -342,3 +343,5 @@ async def settle_checkpoints(conn, run_id: int, best_id: int | None,
 
 async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
+
+

@@ -86,8 +86,57 @@ def cmd_dispatcher(args, settings: Settings) -> int:
     url = _database_url(settings)
     launcher = build_launcher(args.launcher, settings, url, args.max_concurrent)
     config = DispatcherConfig(batch_size=args.batch_size, poll_interval=args.poll_interval,
-                              lease_seconds=args.lease_seconds)
+                              lease_seconds=args.lease_seconds,
+                              max_attempts=settings.max_attempts,
+                              crash_at=settings.dispatcher_crash_at)
     asyncio.run(run_dispatcher(url, launcher, config))
+    return 0
+
+
+# -- reconciler and checkpoints ------------------------------------------------------------
+async def run_reconciler(database_url: str, launchers, storage, config) -> None:
+    from services.reconciler.service import Reconciler
+
+    reconciler = Reconciler(database_url, launchers, storage, config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, reconciler.stop)
+    await reconciler.start()
+    await reconciler.wait()
+
+
+def reconciler_config(settings: Settings, **overrides):
+    from services.reconciler.service import ReconcilerConfig
+
+    return ReconcilerConfig(
+        poll_interval=settings.reconcile_interval, stall_timeout=settings.stall_timeout,
+        cancel_grace=settings.cancel_grace, max_attempts=settings.max_attempts,
+        keep_latest=settings.keep_latest_checkpoints, orphan_grace=settings.orphan_grace,
+        **overrides)
+
+
+def cmd_reconciler(args, settings: Settings) -> int:
+    from services.common.storage import storage_from_settings
+
+    url = _database_url(settings)
+    launchers = [build_launcher("local", settings, url, 1)]
+    asyncio.run(run_reconciler(url, launchers, storage_from_settings(settings),
+                               reconciler_config(settings)))
+    return 0
+
+
+def cmd_checkpoints(args, settings: Settings) -> int:
+    from db import repository
+
+    async def go() -> None:
+        conn = await repository.connect(_database_url(settings))
+        try:
+            print(await repository.request_checkpoint_delete(conn, args.checkpoint_id,
+                                                             args.force))
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
     return 0
 
 
@@ -181,6 +230,10 @@ def cmd_runs(args, settings: Settings) -> int:
                           f"{terminal_safe(r['name'])} {terminal_safe(r['error_code'] or '')}")
             elif args.action == "cancel":
                 print(await repository.request_cancel(conn, args.run_id))
+            elif args.action == "resume":
+                print(await repository.request_resume(conn, args.run_id))
+            elif args.action == "delete":
+                print(await repository.request_delete(conn, args.run_id, args.force))
         finally:
             await conn.close()
 
@@ -455,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=_at_least(1.0, float), default=120.0)
     p.set_defaults(func=cmd_dispatcher)
 
+    p = sub.add_parser("reconciler", help="requeue crashed or hung runs, enforce cancels, "
+                       "carry out deletes, keep is_best and retention")
+    p.set_defaults(func=cmd_reconciler)
+
+    p = sub.add_parser("checkpoints", help="delete one checkpoint")
+    p.add_argument("action", choices=["delete"])
+    p.add_argument("checkpoint_id", type=int)
+    p.add_argument("--force", action="store_true", help="deregister linked trained models first")
+    p.set_defaults(func=cmd_checkpoints)
+
     p = sub.add_parser("events", help="read the events table")
     p.add_argument("action", choices=["tail"])
     p.add_argument("--run", type=_positive_int)
@@ -473,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = rs.add_parser("report", help="the run's metrics per epoch, and a PNG of the curves")
     c.add_argument("run_id", type=int)
     c.add_argument("--png", help="where to write the chart (default: data dir/reports/)")
+    rs.add_parser("resume", help="continue a failed or cancelled run from its last checkpoint"
+                  ).add_argument("run_id", type=int)
+    d = rs.add_parser("delete", help="delete a run, its checkpoints and stored objects")
+    d.add_argument("run_id", type=int)
+    d.add_argument("--force", action="store_true", help="deregister linked trained models first")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("catalog", help="generate a product catalog into storage and the database")

@@ -310,15 +310,17 @@ END $$;
 
 -- The job of the run's current attempt is gone or hung: end its launch record and requeue the
 -- run to resume (attempt + 1 at the next claim), or fail it once it used p_max_attempts.
--- Fenced on lease_epoch; returns the run's new status, or NULL when the fence did not hold.
+-- A run whose cancel was requested ends cancelled instead. Fenced on lease_epoch; returns the
+-- run's new status, or NULL when the fence did not hold.
 CREATE FUNCTION recover_attempt(p_run_id bigint, p_lease_epoch bigint, p_error_code text,
                                 p_message text, p_max_attempts int)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
   v_attempt int;
+  v_cancel timestamptz;
 BEGIN
   PERFORM lock_run_events(p_run_id);
-  SELECT attempt INTO v_attempt FROM training_runs
+  SELECT attempt, cancel_requested_at INTO v_attempt, v_cancel FROM training_runs
    WHERE id = p_run_id AND lease_epoch = p_lease_epoch AND status IN ('claimed', 'running')
    FOR UPDATE;
   IF NOT FOUND THEN
@@ -326,6 +328,11 @@ BEGIN
   END IF;
   UPDATE run_launches SET ended_at = coalesce(ended_at, now()), end_reason = p_error_code
    WHERE run_id = p_run_id AND attempt = v_attempt;
+  IF v_cancel IS NOT NULL THEN
+    PERFORM finish_run(p_run_id, p_lease_epoch, 'cancelled', NULL, NULL,
+      jsonb_build_object('reason', 'cancelled: the job stopped (' || p_error_code || ')'));
+    RETURN 'cancelled';
+  END IF;
   IF v_attempt >= p_max_attempts THEN
     PERFORM finish_run(p_run_id, p_lease_epoch, 'failed', p_error_code,
       p_message || format(' (attempt %s of %s: no attempts left)', v_attempt, p_max_attempts));
