@@ -54,6 +54,7 @@ def create_app(database_url: str, auth: TokenAuth, *, stream_poll: float = 0.5,
                   description="Training runs, checkpoints and trained models of skutrain.")
     app.state.auth = auth
     app.state.stream_poll = stream_poll
+    app.state.closing = False  # set by server.AppServer when a shutdown begins
 
     @app.exception_handler(routes.FieldErrors)
     async def field_errors(request: Request, exc: routes.FieldErrors):

@@ -17,9 +17,12 @@ from db import repository
 from services.api.auth import COOKIE_NAME
 from services.api.routes import API_PREFIX, RUN_STATUSES, evaluations_with_names
 from services.api.stream import event_id
+from services.common.events import EVENT_TYPES
 from services.trainer.config import TrainingConfig, config_json_schema, example_config
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+# The create form follows the schema's field order; Jinja's tojson sorts keys by default.
+TEMPLATES.env.policies["json.dumps_kwargs"] = {"sort_keys": False}
 DEFAULT_EPOCHS = TrainingConfig().epochs
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 PAGE_SIZE = 50
@@ -36,7 +39,8 @@ def _guard(request: Request) -> None:
 def _page(request: Request, template: str, **context) -> HTMLResponse:
     auth = request.app.state.auth
     return TEMPLATES.TemplateResponse(request, template, {
-        "api": API_PREFIX, "logged_in": auth.authenticated(request, write=False), **context})
+        "api": API_PREFIX, "logged_in": auth.authenticated(request, write=False),
+        "event_types": ",".join(EVENT_TYPES), **context})
 
 
 def _config_epochs(config) -> int | None:
@@ -116,7 +120,7 @@ async def run_page(request: Request, run_id: int):
 async def models_page(request: Request):
     _guard(request)
     async with request.app.state.pool.acquire() as conn:
-        models = [dict(r) for r in await repository.list_models(conn)]
+        models = [dict(r) for r in await repository.registered_models(conn)]
     return _page(request, "models.html", models=models)
 
 

@@ -180,8 +180,10 @@ async def _events_from(request: Request, cursor, run_id: int | None):
     if cursor is None:
         async with pool.acquire() as conn:
             cursor = await repository.events_head(conn)
-    async for message in event_stream(pool, cursor, run_id=run_id,
-                                      disconnected=request.is_disconnected,
+    async def finished() -> bool:
+        return request.app.state.closing or await request.is_disconnected()
+
+    async for message in event_stream(pool, cursor, run_id=run_id, finished=finished,
                                       poll=request.app.state.stream_poll):
         yield message
 
@@ -215,8 +217,9 @@ async def register_model(request: Request, checkpoint_id: int, body: ModelRegist
 
 @reads.get("/models")
 async def list_models(request: Request):
+    """The models usable for extraction (what a model dropdown offers)."""
     async with _pool(request).acquire() as conn:
-        return _json([dict(r) for r in await repository.list_models(conn)])
+        return _json([dict(r) for r in await repository.registered_models(conn)])
 
 
 @reads.get("/models/compare")

@@ -32,14 +32,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(database_url: str, token: str, host: str, *, stream_poll: float = 0.5) -> uvicorn.Server:
+class AppServer(uvicorn.Server):
+    """uvicorn, telling the app's event streams to end when a shutdown begins (otherwise an open
+    dashboard holds the graceful shutdown until its timeout)."""
+
+    def __init__(self, app):
+        # log_config=None keeps skutrain's structlog setup; no access log (it would log every
+        # stream reconnect and query string).
+        super().__init__(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=5))
+        self.app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        self.app.state.closing = True
+        await super().shutdown(sockets)
+
+
+def build_server(database_url: str, token: str, host: str) -> AppServer:
     auth = TokenAuth(token, reads_need_token=not is_loopback(host))
-    app = create_app(database_url, auth, stream_poll=stream_poll)
-    # log_config=None keeps skutrain's structlog setup; no access log (it would log every
-    # stream reconnect and query string).
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3)
-    return uvicorn.Server(config)
+    return AppServer(create_app(database_url, auth))
 
 
 def url_of(sock: socket.socket) -> str:

@@ -42,12 +42,13 @@ def event_message(row) -> str:
 
 
 async def event_stream(pool, cursor: EventCursor, *, run_id: int | None,
-                       disconnected: Callable[[], Awaitable[bool]], poll: float = 0.5,
+                       finished: Callable[[], Awaitable[bool]], poll: float = 0.5,
                        keepalive: float = 15.0) -> AsyncIterator[str]:
-    """Events after `cursor` (of one run, or all), then new ones as they commit."""
+    """Events after `cursor` (of one run, or all), then new ones as they commit, until
+    `finished()` (the client left or the server is stopping)."""
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
-    while not await disconnected():
+    while not await finished():
         async with pool.acquire() as conn:
             rows = await repository.events_after(conn, cursor, PAGE_SIZE)
         for row in rows:

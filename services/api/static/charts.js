@@ -20,7 +20,8 @@ const SkuCharts = (() => {
     const raw = (max - min) / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map(f => f * mag).find(s => s >= raw);
     const out = [];
-    for (let v = Math.floor(min / step) * step; v <= max + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+    const last = Math.ceil(max / step - 1e-9) * step;
+    for (let v = Math.floor(min / step + 1e-9) * step; v <= last + step * 1e-9; v += step) out.push(+v.toPrecision(12));
     return out;
   }
 

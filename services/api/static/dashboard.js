@@ -123,9 +123,12 @@
   }
 
   // -- the events stream -------------------------------------------------------------------
-  const STATE_EVENTS = new Set(["run.queued", "run.claimed", "run.launched", "run.started",
-    "run.completed", "run.failed", "run.cancel_requested", "run.cancelled", "run.requeued",
-    "run.resumed", "checkpoint.saved", "checkpoint.best", "eval.completed", "model.registered"]);
+  // Every event type of the catalogue (services/common/events.py) except the progress ones
+  // changes what a page shows from the database.
+  const EVENT_TYPES = document.body.dataset.eventTypes.split(",");
+  const PROGRESS_EVENTS = new Set(["batch.progress", "epoch.started", "epoch.completed", "data.prepared"]);
+  const GONE_EVENTS = new Set(["run.delete_requested", "run.deleted"]);
+  const STATE_EVENTS = new Set(EVENT_TYPES.filter(t => !PROGRESS_EVENTS.has(t) && !GONE_EVENTS.has(t)));
 
   function follow(path, cursor, handler) {
     const url = `${API}${path}${cursor ? `?after=${encodeURIComponent(cursor)}` : ""}`;
@@ -133,9 +136,7 @@
     const live = $("#live-indicator");
     source.onopen = () => live && live.classList.add("on");
     source.onerror = () => live && live.classList.remove("on");
-    const types = new Set([...STATE_EVENTS, "batch.progress", "epoch.started", "epoch.completed",
-                           "data.prepared", "checkpoint.deleted", "run.deleted"]);
-    for (const type of types) {
+    for (const type of new Set([...EVENT_TYPES, ...GONE_EVENTS])) {
       source.addEventListener(type, message => handler(type, JSON.parse(message.data)));
     }
     return source;
@@ -207,7 +208,7 @@
     const table = $("#runs");
     follow("/events", table.dataset.eventCursor, (type, event) => {
       const runId = String(event.run_id);
-      if (type === "run.deleted") { removeRow(runId); return; }
+      if (GONE_EVENTS.has(type)) { removeRow(runId); return; }
       const row = $(`#run-${runId}`);
       if (type === "batch.progress" || type === "epoch.completed") {
         if (type === "batch.progress") batchState.set(runId, event);
@@ -477,13 +478,11 @@
     if (!result.ok) return;
     const rows = Array.isArray(result.data) ? result.data : (result.data.epochs || []);
     $("#history-empty").hidden = rows.length > 0;
-    SkuCharts.lineChart($("#chart-loss"), {series: seriesFrom(rows, r => r.loss)});
+    const VAL = ["recall_at_1", "recall_at_5", "recall_at_10", "map"];
+    SkuCharts.lineChart($("#chart-loss"), {series: seriesFrom(rows, r => ({...r.loss, "val loss": r.val_loss}))});
     SkuCharts.lineChart($("#chart-lr"), {series: seriesFrom(rows, r => r.lr), log: true});
-    SkuCharts.lineChart($("#chart-val"), {series: seriesFrom(rows, r => {
-      const v = {...(r.val || {})};
-      delete v.num_queries; delete v.queries_without_relevant;
-      return v;
-    })});
+    SkuCharts.lineChart($("#chart-val"), {series: seriesFrom(rows, r => Object.fromEntries(
+      VAL.map(k => [k.replace("recall_at_", "R@").replace("map", "mAP"), (r.val || {})[k]])))});
   }
 
   function initRun() {
@@ -493,7 +492,7 @@
     follow(`/runs/${runId}/events`, section.dataset.eventCursor, (type, event) => {
       if (type === "batch.progress") setProgress(section, total, event);
       else if (type === "epoch.completed") { setProgress(section, total, event); drawHistory(runId); }
-      else if (type === "run.deleted") location.href = "/";
+      else if (GONE_EVENTS.has(type)) location.href = "/";
       else if (STATE_EVENTS.has(type)) scheduleReload();
     });
     for (const form of $$(".register-form")) {
@@ -532,10 +531,54 @@
     const status = $("#compare-status");
     const result = await api("GET", "/models/compare?" + ids.map(id => `ids=${id}`).join("&"));
     if (!result.ok) { status.textContent = result.data.message || "comparison failed"; return; }
-    status.hidden = true;
-    SkuCompare.render(result.data, $("#compare-table"), $("#chart-compare"));
+    const doc = result.data;
+    status.textContent = doc.warnings.join(" ");
+    status.hidden = !doc.warnings.length;
+    renderCompareTable(doc, $("#compare-table"));
+    const TEST = ["test.recall_at_1", "test.recall_at_5", "test.recall_at_10", "test.map"];
+    const rows = TEST.map(name => doc.metrics.find(m => m.name === name)).filter(Boolean);
+    SkuCharts.barChart($("#chart-compare"), {
+      categories: rows.map(r => r.name.replace("test.", "").replace("recall_at_", "R@").replace("map", "mAP")),
+      series: doc.models.map((m, i) => ({name: m.name, values: rows.map(r => r.values[i])}))});
+    SkuCharts.lineChart($("#chart-compare-curves"), {series: doc.models.map(m => ({
+      name: m.name, points: (doc.val_curves[String(m.id)] || []).map(c => [c.epoch, c.val_recall_at_1])}))});
     $("#compare-table").hidden = false;
-    $("#compare-figure").hidden = false;
+    $$("#compare figure").forEach(f => { f.hidden = false; });
+  }
+
+  function renderCompareTable(doc, table) {
+    const head = table.createTHead().insertRow();
+    head.appendChild(document.createElement("th")).textContent = "metric";
+    for (const m of doc.models) {
+      const th = head.appendChild(document.createElement("th"));
+      th.className = "num";
+      const link = th.appendChild(document.createElement("a"));
+      link.href = `/runs/${m.run_id}`;
+      link.textContent = m.name;
+      th.appendChild(document.createElement("div")).textContent = `run #${m.run_id}, epoch ${m.epoch}`;
+      th.lastChild.className = "muted small";
+    }
+    const body = table.createTBody();
+    for (const metric of doc.metrics) {
+      const row = body.insertRow();
+      row.dataset.metric = metric.name;
+      row.appendChild(document.createElement("th")).textContent = metric.name;
+      metric.values.forEach((value, i) => {
+        const cell = row.insertCell();
+        cell.className = "num";
+        cell.textContent = metric.kind === "count" ? value : fmt(value);
+        if (metric.best && metric.best.includes(doc.models[i].id)) {
+          cell.classList.add("best-value");
+          cell.title = "best of the compared models";
+        }
+      });
+    }
+    if (doc.omitted_metrics.length) {
+      const note = document.createElement("caption");
+      note.className = "muted small";
+      note.textContent = `not in every model (left out): ${doc.omitted_metrics.join(", ")}`;
+      table.appendChild(note);
+    }
   }
 
   function initLogin() {

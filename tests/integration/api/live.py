@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-import uvicorn
-
 from db import repository
 from services.api.app import create_app
 from services.api.auth import TokenAuth
-from services.api.server import bind, url_of
+from services.api.server import AppServer, bind, url_of
 
 TOKEN = "test-token-0123456789"
 
@@ -21,9 +19,7 @@ async def serving(db_url: str, *, reads_need_token: bool = False, stream_poll: f
     """Yields the base URL of the app served on 127.0.0.1 (a free port)."""
     app = create_app(db_url, TokenAuth(TOKEN, reads_need_token=reads_need_token),
                      stream_poll=stream_poll)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           timeout_graceful_shutdown=1))
-    server.install_signal_handlers = lambda: None
+    server = AppServer(app)
     sock = bind("127.0.0.1", 0)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -43,10 +39,15 @@ def epoch_metrics(epoch: int, r1: float) -> dict:
             "map": r1 * 0.8, "num_queries": 40}
 
 
-async def scripted_training(conn, run_id: int, val_r1: list[float], *, test_r1: float,
-                            names: tuple[str, str] = ("1", "2")) -> None:
-    """Claim run_id and train it 'by script': one epoch per val_r1 value, a checkpoint per epoch,
-    the best marked, a test evaluation of the best, then completed."""
+async def scripted_training(conn, run_id: int, val_r1: list[float], *, test_r1: float) -> None:
+    """Claim run_id and train it 'by script' on the first two catalog products (its test split,
+    so runs scripted on one catalog share a test split): one epoch per val_r1 value, a checkpoint
+    per epoch, the best marked, a test evaluation of the best, then completed."""
+    products = await conn.fetch("SELECT id FROM products ORDER BY id LIMIT 2")
+    await repository.store_run_images(conn, run_id, [
+        {"split": "test", "product_id": p["id"], "url": f"storage://catalog/{p['id']}.jpg",
+         "domain": "real", "label": str(p["id"])} for p in products])
+    names = [str(p["id"]) for p in products]
     claimed = await repository.claim_runs(conn, "scripted", 100, 60)
     lease = next(c.lease_epoch for c in claimed if c.id == run_id)
     assert await repository.start_run(conn, run_id, lease, 60, {"total_epochs": len(val_r1)})

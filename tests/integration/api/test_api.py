@@ -145,11 +145,7 @@ async def test_checkpoints_evaluations_with_product_names(api, catalog_conn):
     conn = catalog_conn
     products = await conn.fetch("SELECT id, product_name FROM products ORDER BY id LIMIT 2")
     run_id = await repository.insert_run(conn, "scripted", {})
-    await repository.store_run_images(conn, run_id, [
-        {"split": "test", "product_id": p["id"], "url": f"storage://x/{p['id']}.jpg",
-         "domain": "real", "label": str(p["id"])} for p in products])
-    await scripted_training(conn, run_id, [0.4, 0.7, 0.6], test_r1=0.65,
-                            names=(str(products[0]["id"]), str(products[1]["id"])))
+    await scripted_training(conn, run_id, [0.4, 0.7, 0.6], test_r1=0.65)
     checkpoints = (await api.get(f"/runs/{run_id}/checkpoints")).json()
     assert [(c["epoch"], c["is_best"]) for c in checkpoints] == [(1, False), (2, True), (3, False)]
     (evaluation,) = (await api.get(f"/runs/{run_id}/evaluations")).json()
@@ -159,6 +155,76 @@ async def test_checkpoints_evaluations_with_product_names(api, catalog_conn):
     assert hard["most_confused_pairs"][0]["names"] == [p["product_name"] for p in products]
     run = (await api.get(f"/runs/{run_id}")).json()
     assert run["status"] == "completed" and run["best_val_recall_at_1"] == 0.7
+    history = (await api.get(f"/runs/{run_id}/metrics-history")).json()
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[1]["val_recall_at_1"] == 0.7 and history[0]["loss"]["arcface"] == 1.5
+    assert history[2]["lr"] == {"backbone": 1e-4 / 3, "head": 1e-3 / 3}
+
+
+async def _trained(conn, name: str, val_r1: list[float], test_r1: float) -> tuple[int, dict]:
+    run_id = await repository.insert_run(conn, name, {})
+    await scripted_training(conn, run_id, val_r1, test_r1=test_r1)
+    checkpoints = await repository.run_checkpoints(conn, run_id)
+    return run_id, {c["epoch"]: c["id"] for c in checkpoints}
+
+
+async def test_register_list_and_compare_models(api, catalog_conn):
+    conn, auth = catalog_conn, api.auth_headers
+    run_a, ckpt_a = await _trained(conn, "a", [0.5, 0.6], 0.62)
+    run_b, ckpt_b = await _trained(conn, "b", [0.7, 0.8], 0.71)
+    assert (await api.post(f"/checkpoints/{ckpt_a[2]}/register", json={"name": "m-a"})).status_code == 401
+    a = await api.post(f"/checkpoints/{ckpt_a[2]}/register", json={"name": "m-a"}, headers=auth)
+    b = await api.post(f"/checkpoints/{ckpt_b[2]}/register", json={"name": "m-b"}, headers=auth)
+    assert a.status_code == b.status_code == 201
+    taken = await api.post(f"/checkpoints/{ckpt_b[2]}/register", json={"name": "m-a"}, headers=auth)
+    assert taken.status_code == 409 and "already registered" in taken.json()["message"]
+    unevaluated = await api.post(f"/checkpoints/{ckpt_a[1]}/register", json={"name": "m-1"},
+                                 headers=auth)
+    assert unevaluated.status_code == 409 and "no test evaluation" in unevaluated.json()["message"]
+    missing = await api.post("/checkpoints/999999/register", json={"name": "x"}, headers=auth)
+    assert missing.status_code == 404
+    models = (await api.get("/models")).json()
+    assert [(m["name"], m["run_id"], m["epoch"]) for m in models] == [("m-a", run_a, 2), ("m-b", run_b, 2)]
+    assert [m["name"] for m in (await api.get(f"/runs/{run_a}")).json()["linked_models"]] == ["m-a"]
+
+    ids = [a.json()["id"], b.json()["id"]]
+    doc = (await api.get("/models/compare", params=[("ids", i) for i in ids])).json()
+    assert [m["name"] for m in doc["models"]] == ["m-a", "m-b"] and not doc["test_splits_differ"]
+    r1 = next(m for m in doc["metrics"] if m["name"] == "test.recall_at_1")
+    assert r1["values"] == [0.62, 0.71] and r1["best"] == [ids[1]]
+    one = await api.get("/models/compare", params={"ids": ids[0]})
+    assert one.status_code == 422 and one.json()["errors"][0]["field"] == "ids"
+    six = await api.get("/models/compare", params=[("ids", i) for i in range(1, 7)])
+    assert six.status_code == 422
+    gone = await api.get("/models/compare", params=[("ids", ids[0]), ("ids", 999999)])
+    assert gone.status_code == 404
+
+
+async def test_delete_is_refused_while_models_link_then_forced(api, catalog_conn):
+    conn, auth = catalog_conn, api.auth_headers
+    run_id, ckpt = await _trained(conn, "linked", [0.5], 0.5)
+    await repository.register_model(conn, ckpt[1], "keep-me")
+    refused = await api.delete(f"/runs/{run_id}", headers=auth)
+    assert refused.status_code == 409 and "keep-me" in refused.json()["message"]
+    row = await repository.get_run(conn, run_id)
+    assert row["delete_requested_at"] is None
+    assert await conn.fetchval("SELECT count(*) FROM trained_models") == 1
+    forced = await api.delete(f"/runs/{run_id}", params={"force": "true"}, headers=auth)
+    assert forced.status_code == 200 and forced.json()["status"] == "delete_requested"
+    assert await conn.fetchval("SELECT count(*) FROM trained_models") == 0
+    assert run_id not in [r["id"] for r in (await api.get("/runs")).json()["items"]]
+    assert (await api.delete("/runs/999999", headers=auth)).status_code == 404
+
+
+async def test_resume_a_cancelled_run_and_refuse_a_queued_one(api, conn):
+    auth = api.auth_headers
+    queued = await repository.insert_run(conn, "q", {})
+    refused = await api.post(f"/runs/{queued}/resume", headers=auth)
+    assert refused.status_code == 409 and "only a failed or cancelled run" in refused.json()["message"]
+    await repository.request_cancel(conn, queued)
+    resumed = await api.post(f"/runs/{queued}/resume", headers=auth)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    assert (await repository.get_run(conn, queued))["status"] == "queued"
 
 
 async def test_openapi_and_config_schema_are_served(api):
