@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from db import repository
 from tests.browser.conftest import screenshot
+from tests.integration.api.live import scripted_training
 
 
 async def test_create_run_through_the_form_and_an_invalid_form_is_rejected(page, conn):
@@ -49,3 +50,62 @@ async def test_cancel_a_queued_run_from_the_list(page, conn):
     assert (await repository.get_run(conn, doomed))["status"] == "cancelled"
     assert await page.locator(f"#run-{doomed} [data-action=cancel]").count() == 0
     await screenshot(page, "cancel_run")
+
+
+async def test_delete_through_the_force_dialog_names_the_linked_models(page, catalog_conn):
+    conn = catalog_conn
+    run_id = await repository.insert_run(conn, "linked-run", {})
+    await scripted_training(conn, run_id, [0.5, 0.6], test_r1=0.55)
+    best = next(c["id"] for c in await repository.run_checkpoints(conn, run_id) if c["is_best"])
+    await repository.register_model(conn, best, "shelf-v1")
+    await page.reload()
+    await page.click(f"#run-{run_id} [data-action=delete]")
+    dialog = page.locator("#delete-dialog")
+    await dialog.locator(".linked-list li").wait_for()
+    assert await dialog.locator(".linked-list li").all_inner_texts() == ["shelf-v1 (epoch 2)"]
+    await dialog.locator(".delete-confirm").click()  # without force: refused, nothing changes
+    error = dialog.locator(".delete-error")
+    await error.wait_for()
+    assert "shelf-v1" in await error.inner_text() and "force" in await error.inner_text()
+    assert (await repository.get_run(conn, run_id))["delete_requested_at"] is None
+    await dialog.locator(".delete-force").check()
+    assert await dialog.locator(".delete-confirm").inner_text() == "Force delete"
+    await screenshot(page, "delete_force_dialog")
+    await dialog.locator(".delete-confirm").click()
+    await page.locator(f"#run-{run_id}").wait_for(state="detached")
+    assert (await repository.get_run(conn, run_id))["delete_requested_at"] is not None
+    assert await conn.fetchval("SELECT count(*) FROM trained_models") == 0
+    await screenshot(page, "delete_done")
+
+
+async def test_register_two_models_and_compare_them(page, catalog_conn):
+    conn = catalog_conn
+    runs = {}
+    for name, val_r1, test_r1 in (("baseline", [0.4, 0.55, 0.5], 0.52),
+                                  ("sota", [0.6, 0.7, 0.8], 0.74)):
+        runs[name] = await repository.insert_run(conn, name, {"loss": {"type": "combined"}})
+        await scripted_training(conn, runs[name], val_r1, test_r1=test_r1)
+    for name, run_id in runs.items():
+        await page.goto(f"{page.base}/runs/{run_id}")
+        form = page.locator("table.checkpoints tr.best .register-form")
+        await form.locator("input").fill(f"{name}-model")
+        await form.locator("button").click()
+        await page.locator(f"text=Registered models: {name}-model").wait_for()
+        if name == "sota":
+            await page.locator("#chart-val svg polyline").first.wait_for()
+            await screenshot(page, "run_detail_scripted")
+
+    await page.goto(f"{page.base}/models")
+    picks = page.locator(".compare-pick")
+    assert await picks.count() == 2
+    assert await page.is_disabled("#compare-selected")
+    await picks.nth(0).check()
+    await picks.nth(1).check()
+    await page.click("#compare-selected")
+    table = page.locator("#compare-table")
+    await table.locator("tbody tr").first.wait_for()
+    r1 = table.locator("tr[data-metric='test.recall_at_1'] td")
+    assert await r1.all_inner_texts() == ["0.520", "0.740"]
+    assert await r1.nth(1).get_attribute("class") == "num best-value"
+    assert await page.locator("#chart-compare svg rect").count() == 8  # 4 metrics x 2 models
+    await screenshot(page, "compare_models")
