@@ -96,7 +96,8 @@ async def _follow(conn, run_id: int, console: Console) -> dict:
 
 
 async def run_demo(settings: Settings, console: Console) -> int:
-    from services.cli import build_launcher, run_dispatcher
+    from services.cli import build_launcher, reconciler_config, run_dispatcher, run_reconciler
+    from services.common.storage import storage_from_settings
 
     url = resolve_database_url(settings)
     console.print(f"database: {redact_text(url)}")
@@ -110,12 +111,18 @@ async def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"queued run {run_id}: INSERT INTO training_runs (name, config) "
                       f"VALUES ('demo', '{json.dumps(DEMO_CONFIG)}')")
         launcher = build_launcher("local", settings, url, max_concurrent=1)
-        dispatcher = asyncio.create_task(run_dispatcher(url, launcher, DispatcherConfig(poll_interval=1)))
+        services = [
+            asyncio.create_task(run_dispatcher(url, launcher, DispatcherConfig(poll_interval=1))),
+            asyncio.create_task(run_reconciler(url, [launcher], storage_from_settings(settings),
+                                               reconciler_config(settings))),
+        ]
+        console.print("dispatcher and reconciler running")
         try:
             row = await _follow(conn, run_id, console)
         finally:
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
+            for service in services:
+                service.cancel()
+            await asyncio.gather(*services, return_exceptions=True)
         return await _report(conn, row, settings, console)
     finally:
         await conn.close()

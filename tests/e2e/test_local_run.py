@@ -104,7 +104,8 @@ async def test_cancel_mid_epoch_stops_within_one_batch(conn, local_dispatcher, d
     assert [c["epoch"] for c in ckpts] == finished_epochs  # no half-written checkpoint
     assert 2 not in finished_epochs or 3 not in [c["epoch"] for c in ckpts]
     storage = LocalStorage(data_dir / "storage")
-    saved = {ref.key.split("/")[2] for ref in storage.list("checkpoints", f"runs/{run_id}/epoch-")}
+    prefix = checkpoints.attempt_prefix(str(row["run_uuid"]), row["attempt"])
+    saved = {ref.key.split("/")[3] for ref in storage.list("checkpoints", prefix)}
     assert saved == {f"epoch-{e:03d}" for e in finished_epochs}
 
 
