@@ -180,12 +180,6 @@ SELECT DISTINCT ON (run_id) run_id, payload
 -- ---------------------------------------------------------------------------------------------
 -- Lifecycle: launches (dispatcher), leases, cancel, resume, deletes, best, retention (reconciler)
 
--- name: begin_launch
--- Record the intent to launch (run $1, attempt $2) at lease epoch $3 by launcher $4, owner $5;
--- returns the launch record (an existing one when already recorded), nothing when fenced out.
-SELECT run_id, attempt, lease_epoch, launcher, external_job_id, identity
-  FROM begin_launch($1, $2, $3, $4, $5);
-
 -- name: live_launches
 -- Launch records of launcher $1 whose job was not yet seen gone.
 SELECT l.run_id, l.attempt, l.lease_epoch, l.launcher, l.external_job_id, l.identity,

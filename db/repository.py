@@ -255,14 +255,6 @@ async def _refusable(conn, query: str, *args):
         raise
 
 
-async def begin_launch(conn, run_id: int, attempt: int, lease_epoch: int, launcher: str,
-                       owner: str) -> asyncpg.Record | None:
-    """The launch record of (run, attempt), created if missing; None when the run is no longer
-    claimed at this lease epoch."""
-    return await conn.fetchrow(QUERIES["begin_launch"], run_id, attempt, lease_epoch, launcher,
-                               owner)
-
-
 async def live_launches(conn, launcher: str) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["live_launches"], launcher)
 

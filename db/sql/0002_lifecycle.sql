@@ -202,31 +202,15 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Launches. begin_launch records the intent (idempotent per (run, attempt), fenced); the job is
--- started held at a gate; mark_launched records what identifies it and emits run.launched; only
--- then is the job let go, so run.launched precedes the trainer's first event.
-CREATE FUNCTION begin_launch(p_run_id bigint, p_attempt int, p_lease_epoch bigint,
-                             p_launcher text, p_owner text)
-RETURNS SETOF run_launches LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM 1 FROM training_runs
-   WHERE id = p_run_id AND attempt = p_attempt AND lease_epoch = p_lease_epoch
-     AND status = 'claimed';
-  IF NOT FOUND THEN
-    RETURN;
-  END IF;
-  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, owner)
-  VALUES (p_run_id, p_attempt, p_lease_epoch, p_launcher, p_owner)
-  ON CONFLICT (run_id, attempt) DO NOTHING;
-  RETURN QUERY SELECT * FROM run_launches WHERE run_id = p_run_id AND attempt = p_attempt;
-END $$;
-
+-- Launches. A job is started held at a gate; mark_launched records what identifies it and emits
+-- run.launched; only then is the job let go, so run.launched precedes the trainer's first event.
 DROP FUNCTION mark_launched(bigint, bigint, text, text);
 CREATE FUNCTION mark_launched(p_run_id bigint, p_lease_epoch bigint, p_launcher text,
                               p_external_job_id text, p_identity jsonb DEFAULT '{}'::jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   v_attempt int;
+  v_owner text;
 BEGIN
   PERFORM lock_run_events(p_run_id);
   UPDATE training_runs
@@ -235,17 +219,14 @@ BEGIN
    WHERE id = p_run_id AND lease_epoch = p_lease_epoch
      AND status IN ('claimed', 'running')
      AND launched_attempt IS DISTINCT FROM attempt
-  RETURNING attempt INTO v_attempt;
+  RETURNING attempt, lease_owner INTO v_attempt, v_owner;
   IF NOT FOUND THEN
     RETURN false;
   END IF;
-  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, external_job_id, identity,
-                            launched_at)
-  VALUES (p_run_id, v_attempt, p_lease_epoch, p_launcher, p_external_job_id,
-          coalesce(p_identity, '{}'::jsonb), now())
-  ON CONFLICT (run_id, attempt) DO UPDATE
-     SET external_job_id = excluded.external_job_id, identity = excluded.identity,
-         launched_at = excluded.launched_at;
+  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, owner, external_job_id,
+                            identity, launched_at)
+  VALUES (p_run_id, v_attempt, p_lease_epoch, p_launcher, v_owner, p_external_job_id,
+          coalesce(p_identity, '{}'::jsonb), now());
   PERFORM emit_run_event(p_run_id, 'run.launched',
     jsonb_build_object('launcher', p_launcher, 'external_job_id', p_external_job_id));
   RETURN true;

@@ -198,7 +198,7 @@ class LocalLauncher:
 
     def state(self, record: LaunchRecord) -> JobState:
         if not record.identity:
-            return JobState.GONE  # never got past begin_launch: no job was let go
+            return JobState.GONE  # the launch recorded no process: no job was let go
         process = identified_process(record.identity)
         if process is False:
             return JobState.UNKNOWN

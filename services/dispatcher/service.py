@@ -124,9 +124,6 @@ class Dispatcher(ListeningService):
             return await self._release(conn, run, "dispatcher stopped")
         try:
             await self.preflight.check(conn, decode_config(run.config))
-            if await repository.begin_launch(conn, run.id, run.attempt, run.lease_epoch,
-                                             self.launcher.name, self.config.owner) is None:
-                return "released"  # fenced: another holder has the run now
             job = await self.launcher.launch(request)
         except SkutrainError as exc:
             return await self._fail(conn, run, exc, log)

@@ -29,8 +29,6 @@ async def settle_gone_jobs(conn, launcher: Launcher, max_attempts: int, log) -> 
     attempt (its trainer died without finishing it) is requeued or failed. Returns how many."""
     settled = 0
     for row in await repository.live_launches(conn, launcher.name):
-        if row["external_job_id"] is None:
-            continue  # being launched now, or abandoned: the lease sweep decides
         record = LaunchRecord.from_row(row)
         if launcher.state(record) is not JobState.GONE:
             continue
