@@ -22,8 +22,8 @@ SELECT release_run($1, $2, $3);
 SELECT start_run($1, $2, $3, $4::jsonb);
 
 -- name: heartbeat_run
--- Extend the lease; returns (owned, cancel_requested).
-SELECT owned, cancel_requested FROM heartbeat_run($1, $2, $3);
+-- Extend the lease and report the training step ($4, NULL: none); returns (owned, cancel_requested).
+SELECT owned, cancel_requested FROM heartbeat_run($1, $2, $3, $4::bigint);
 
 -- name: finish_run
 -- End the run as completed, failed or cancelled (fenced).
@@ -178,6 +178,17 @@ SELECT DISTINCT ON (run_id) run_id, payload
  ORDER BY run_id, attempt DESC, seq DESC;
 
 -- ---------------------------------------------------------------------------------------------
+-- Trainer (services/trainer)
+
+-- name: trainer_checkpoint
+-- One checkpoint row: what a resumed attempt loads (its resume state) and where it came from.
+SELECT id, run_id, attempt, epoch, manifest_url, resume_state_url FROM checkpoints WHERE id = $1;
+
+-- name: trainer_checkpoint_for_epoch
+-- The manifest of run $1's checkpoint of epoch $2 (the row of the highest attempt).
+SELECT manifest_url FROM checkpoints WHERE id = checkpoint_for_epoch($1, $2);
+
+-- ---------------------------------------------------------------------------------------------
 -- Lifecycle: launches (dispatcher), leases, cancel, resume, deletes, best, retention (reconciler)
 
 -- name: live_launches
@@ -285,4 +296,3 @@ SELECT settle_checkpoints($1, $2, $3::bigint[]);
 SELECT run_uuid::text FROM training_runs WHERE run_uuid = ANY($1::uuid[])
 UNION
 SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;
-

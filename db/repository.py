@@ -84,8 +84,11 @@ async def start_run(conn, run_id: int, lease_epoch: int, lease_seconds: float,
                                payload)
 
 
-async def heartbeat_run(conn, run_id: int, lease_epoch: int, lease_seconds: float) -> Heartbeat:
-    row = await conn.fetchrow(QUERIES["heartbeat_run"], run_id, lease_epoch, float(lease_seconds))
+async def heartbeat_run(conn, run_id: int, lease_epoch: int, lease_seconds: float, *,
+                        step: int | None = None) -> Heartbeat:
+    """Extend the lease; `step` (the trainer's step counter) moves progress_at when it advances."""
+    row = await conn.fetchrow(QUERIES["heartbeat_run"], run_id, lease_epoch, float(lease_seconds),
+                              step)
     return Heartbeat(row["owned"], row["cancel_requested"])
 
 
@@ -239,6 +242,16 @@ async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
     return {r["run_id"]: r["payload"] for r in rows}
 
 
+# -- Trainer ----------------------------------------------------------------------------------
+async def get_checkpoint(conn, checkpoint_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(QUERIES["trainer_checkpoint"], checkpoint_id)
+
+
+async def checkpoint_manifest_for_epoch(conn, run_id: int, epoch: int) -> str | None:
+    """The manifest URL of a run's checkpoint of `epoch` (the latest attempt's row)."""
+    return await conn.fetchval(QUERIES["trainer_checkpoint_for_epoch"], run_id, epoch)
+
+
 # -- Lifecycle: launches, leases, cancel, resume, deletes, best, retention --------------------
 REFUSED_SQLSTATE = "SK010"
 
@@ -335,5 +348,3 @@ async def settle_checkpoints(conn, run_id: int, best_id: int | None,
 
 async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
-
-

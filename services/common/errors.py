@@ -67,6 +67,30 @@ class TrainingFailed(SkutrainError):
     code = "training_failed"
 
 
+class NonFiniteLoss(SkutrainError):
+    """A NaN or infinite training loss: the weights are ruined, so the run stops at once."""
+
+    code = "non_finite_loss"
+
+
+class ResumeMismatch(SkutrainError):
+    """The resume state was saved for another config, image manifest or label map."""
+
+    code = "resume_mismatch"
+
+
+class CheckpointUploadFailed(SkutrainError):
+    """A checkpoint could not be written and verified; no checkpoint row names its bytes."""
+
+    code = "checkpoint_upload_failed"
+
+
+class EventRejected(SkutrainError):
+    """The database refused an event for its content; retrying would refuse it again."""
+
+    code = "event_rejected"
+
+
 # Lifecycle requests (request_resume, request_delete, request_cancel...): SQLSTATE SK010 and
 # P0002 from the database.
 class Refused(SkutrainError):

@@ -38,4 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The run is already ended in the database; don't let a download abandoned by a cancel
+    # (its pool threads) keep the process alive until every queued image is fetched.
+    os._exit(code)

@@ -1,4 +1,5 @@
-"""Pure decisions about epochs: the best checkpoint, early stopping, remaining epochs on resume.
+"""Pure decisions about epochs: the best checkpoint, early stopping, remaining epochs on resume,
+and how often a batch is reported (the progress throttle).
 
 Epochs are numbered from 1; `last_completed_epoch` 0 means none has finished yet.
 Best = highest validation Recall@1; ties go to the lower validation loss, then the earlier epoch.
@@ -35,6 +36,15 @@ def best_epoch(scores: Iterable[EpochScore]) -> EpochScore | None:
     return max(scores, key=key, default=None)
 
 
+def best_of_history(history: Iterable[dict[str, Any]]) -> int | None:
+    """The best epoch among the engine's epoch summaries ({epoch, val {recall@1, loss}}); the
+    one choice the engine, the trainer's events and the final evaluation all use."""
+    best = best_epoch(
+        EpochScore(s["epoch"], s["val"].get("recall@1"), s["val"].get("loss")) for s in history
+    )
+    return None if best is None else best.epoch
+
+
 @dataclass
 class EarlyStopping:
     """Stop after `patience` epochs without a val Recall@1 gain larger than `min_delta`."""
@@ -60,6 +70,14 @@ class EarlyStopping:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "EarlyStopping":
         return cls(**state)
+
+
+def progress_due(now: float, last_reported: float | None, interval: float, batch: int,
+                 num_batches: int) -> bool:
+    """Whether batch `batch` (1-based) of `num_batches` gets a batch.progress event: the first
+    and last batch of every epoch, and otherwise at most one every `interval` seconds."""
+    return (batch in (1, num_batches) or last_reported is None
+            or now - last_reported >= interval)
 
 
 def remaining_epochs(total_epochs: int, last_completed_epoch: int) -> int:

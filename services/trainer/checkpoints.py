@@ -1,11 +1,14 @@
 """Checkpoints as FP16 safetensors shards under a per-object size limit, and the resume state.
 
-Layout in the bucket (default "checkpoints"):
-  runs/<run_id>/epoch-<NNN>/model-<iiiii>-of-<nnnnn>.safetensors  weights, FP16
-  runs/<run_id>/epoch-<NNN>/manifest.json                         written last
-  runs/<run_id>/resume/epoch-<NNN>.part-<iii>                      torch.save bytes, split
-  runs/<run_id>/resume/manifest.json                               written last, then older
-                                                                   parts are deleted
+Layout in the bucket (default "checkpoints"), one prefix per attempt (`attempt_prefix`):
+  runs/<run_uuid>/attempt-<a>/epoch-<NNN>/model-<iiiii>-of-<nnnnn>.safetensors  weights, FP16
+  runs/<run_uuid>/attempt-<a>/epoch-<NNN>/manifest.json                         written last
+  runs/<run_uuid>/attempt-<a>/epoch-<NNN>/resume/part-<iii>     torch.save bytes, split
+  runs/<run_uuid>/attempt-<a>/epoch-<NNN>/resume/manifest.json  written last
+Keys carry the run's uuid (never the serial id, which restarts with a new database) and the
+attempt, so an attempt writes only under its own prefix and nothing here deletes or overwrites
+another attempt's objects. Objects are found through the database (checkpoint rows name the
+manifests and resume states), never by listing storage.
 
 Every object is at most `max_object_bytes`. Tensors are packed into shards greedily in state-dict
 order. A tensor too large for one object is flattened and cut into contiguous parts stored as 1-D
@@ -32,7 +35,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from services.common.errors import ChecksumMismatch, StorageError
+from services.common.errors import ChecksumMismatch, ResumeMismatch, StorageError
 from services.common.storage import ObjectRef, Storage
 from services.trainer.model import EmbeddingModel
 
@@ -43,12 +46,14 @@ _PART = "::part-"
 _HEADER_BASE = 128  # safetensors length prefix, padding and JSON braces
 
 
-def checkpoint_prefix(run_id: str, epoch: int) -> str:
-    return f"runs/{run_id}/epoch-{epoch:03d}/"
+def attempt_prefix(run_uuid: str, attempt: int) -> str:
+    """Where one attempt of a run writes everything it stores."""
+    return f"runs/{run_uuid}/attempt-{attempt}/"
 
 
-def resume_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/resume/"
+def epoch_prefix(prefix: str, epoch: int) -> str:
+    """One epoch's checkpoint (and its resume state) under an attempt's prefix."""
+    return f"{prefix}epoch-{epoch:03d}/"
 
 
 @dataclass
@@ -172,6 +177,7 @@ def save_checkpoint(
     storage: Storage,
     state_dict: dict[str, torch.Tensor],
     *,
+    prefix: str,
     run_id: str,
     epoch: int,
     model_name: str,
@@ -182,10 +188,13 @@ def save_checkpoint(
     max_object_bytes: int,
     bucket: str = BUCKET,
 ) -> tuple[CheckpointManifest, ObjectRef]:
-    """Upload FP16 shards, each verified, then the manifest; returns it and its location."""
+    """Upload FP16 shards, each verified, then the manifest; returns it and its location.
+
+    `prefix` is the attempt's (`attempt_prefix`); `run_id` (the run's uuid) is recorded in the
+    manifest."""
     tensors, split = to_storage_tensors(state_dict, max_object_bytes)
     plan = plan_shards({k: _entry_bytes(k, t) for k, t in tensors.items()}, max_object_bytes)
-    prefix = checkpoint_prefix(run_id, epoch)
+    prefix = epoch_prefix(prefix, epoch)
     shards: list[ShardInfo] = []
     for i, keys in enumerate(plan, start=1):
         data = st_save({k: tensors[k] for k in keys})
@@ -219,6 +228,14 @@ def delete_checkpoint(storage: Storage, manifest_ref: ObjectRef) -> None:
     storage.delete(manifest_ref)
 
 
+def delete_resume_state(storage: Storage, manifest_ref: ObjectRef) -> None:
+    """Remove a resume state's parts, then its manifest (the reconciler's delete path; the
+    trainer never deletes)."""
+    for part in json.loads(storage.get(manifest_ref))["parts"]:
+        storage.delete(ObjectRef(manifest_ref.bucket, part["key"]))
+    storage.delete(manifest_ref)
+
+
 def load_checkpoint(
     storage: Storage, manifest_ref: ObjectRef
 ) -> tuple[dict[str, torch.Tensor], CheckpointManifest]:
@@ -244,50 +261,83 @@ def load_embedding_model(
     return model.eval(), manifest
 
 
+def resume_fingerprint(config: dict[str, Any], images: list[dict[str, Any]],
+                       label_map: dict[str, Any]) -> dict[str, str]:
+    """sha256 of what a resumed attempt must share with the one that saved the state: the
+    training-relevant config, the image manifest (split, url, product, label, domain per image,
+    order-free) and the label map. One digest per part, so a mismatch can say which changed."""
+
+    def digest(value: Any) -> str:
+        return _sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+    rows = sorted(json.dumps(i, sort_keys=True) for i in images)
+    return {"config": digest(config), "images": digest(rows),
+            "label_map": digest({str(k): v for k, v in label_map.items()})}
+
+
+def check_fingerprint(saved: dict[str, str] | None, expected: dict[str, str],
+                      source: str) -> None:
+    """Raise ResumeMismatch naming every part that differs between two fingerprints."""
+    what = {"config": "the training config (model, training, loss or sampler settings)",
+            "images": "the image manifest (the run's images or their splits)",
+            "label_map": "the label map (the classes trained on)"}
+    changed = [what[k] for k in expected if (saved or {}).get(k) != expected[k]]
+    if changed:
+        raise ResumeMismatch(
+            f"cannot resume from {source}: {'; '.join(changed)} differ from what that state "
+            "was saved with. Resume only a run whose config and data are unchanged, or queue a "
+            "new run.", details={"resume_state": source, "changed": changed})
+
+
 def save_resume_state(
     storage: Storage,
     state: dict[str, Any],
     *,
-    run_id: str,
+    prefix: str,
     epoch: int,
+    fingerprint: dict[str, str],
     max_object_bytes: int,
     bucket: str = BUCKET,
 ) -> ObjectRef:
-    """Replace the run's resume state: parts first, then the manifest, then stale parts go."""
+    """Store a resume state beside epoch `epoch`'s checkpoint under the attempt's `prefix`:
+    parts first, then the manifest (with the fingerprint). Deletes nothing."""
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    prefix = resume_prefix(run_id)
+    prefix = epoch_prefix(prefix, epoch) + "resume/"
     parts = []
     for i, start in enumerate(range(0, max(len(data), 1), max_object_bytes)):
         chunk = data[start:start + max_object_bytes]
-        ref = ObjectRef(bucket, f"{prefix}epoch-{epoch:03d}.part-{i:03d}")
+        ref = ObjectRef(bucket, f"{prefix}part-{i:03d}")
         digest = _put_verified(storage, ref, chunk)
         parts.append({"key": ref.key, "size": len(chunk), "sha256": digest})
     manifest_ref = ObjectRef(bucket, prefix + MANIFEST)
-    body = {"format_version": FORMAT_VERSION, "run_id": run_id, "epoch": epoch, "parts": parts}
+    body = {"format_version": FORMAT_VERSION, "epoch": epoch, "fingerprint": fingerprint,
+            "parts": parts}
     _put_verified(storage, manifest_ref, json.dumps(body, indent=1).encode())
-    keep = {p["key"] for p in parts} | {manifest_ref.key}
-    for ref in list(storage.list(bucket, prefix)):
-        if ref.key not in keep:
-            storage.delete(ref)
     return manifest_ref
 
 
 def load_resume_state(
-    storage: Storage, *, run_id: str, bucket: str = BUCKET
-) -> dict[str, Any] | None:
-    """The latest resume state of a run, or None when it has none. Parts are sha256-checked and
-    loaded with `weights_only=True` (the state holds only tensors and plain Python values)."""
-    manifest_ref = ObjectRef(bucket, resume_prefix(run_id) + MANIFEST)
-    if not storage.exists(manifest_ref):
-        return None
+    storage: Storage, manifest_ref: ObjectRef, *, fingerprint: dict[str, str]
+) -> dict[str, Any]:
+    """The resume state a checkpoint row names. Raises ResumeMismatch when it was saved for
+    another config, image manifest or label map; parts are sha256-checked and loaded with
+    `weights_only=True` (the state holds only tensors and plain Python values)."""
     body = json.loads(storage.get(manifest_ref))
+    check_fingerprint(body.get("fingerprint"), fingerprint, manifest_ref.url)
     data = b"".join(
-        _get_verified(storage, ObjectRef(bucket, p["key"]), p["size"], p["sha256"])
+        _get_verified(storage, ObjectRef(manifest_ref.bucket, p["key"]), p["size"], p["sha256"])
         for p in body["parts"]
     )
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+@dataclass(frozen=True)
+class SavedEpoch:
+    manifest: CheckpointManifest
+    manifest_ref: ObjectRef
+    resume_ref: ObjectRef
 
 
 def save_epoch(
@@ -295,39 +345,43 @@ def save_epoch(
     model: EmbeddingModel,
     resume_state: dict[str, Any],
     *,
+    prefix: str,
     run_id: str,
     epoch: int,
     model_name: str,
     preprocessing: dict[str, Any],
     label_map: dict[str, Any],
     metrics: dict[str, Any],
+    fingerprint: dict[str, str],
     max_object_bytes: int,
     bucket: str = BUCKET,
-) -> tuple[CheckpointManifest, ObjectRef]:
+) -> SavedEpoch:
     """One epoch's weights checkpoint, then its resume state (what a hooks object saves).
 
     The weights come from `resume_state["model"]`, the engine's snapshot of the epoch's end, not
     from the live `model` (used only for its architecture), so this may run on a
     BackgroundSaver thread while training goes on.
     """
-    saved = save_checkpoint(
-        storage, resume_state["model"], run_id=run_id, epoch=epoch, model_name=model_name,
-        model_config=model.describe(), preprocessing=preprocessing, label_map=label_map,
-        metrics=metrics, max_object_bytes=max_object_bytes, bucket=bucket,
+    manifest, manifest_ref = save_checkpoint(
+        storage, resume_state["model"], prefix=prefix, run_id=run_id, epoch=epoch,
+        model_name=model_name, model_config=model.describe(), preprocessing=preprocessing,
+        label_map=label_map, metrics=metrics, max_object_bytes=max_object_bytes, bucket=bucket,
     )
-    save_resume_state(
-        storage, resume_state, run_id=run_id, epoch=epoch, max_object_bytes=max_object_bytes,
-        bucket=bucket,
+    resume_ref = save_resume_state(
+        storage, resume_state, prefix=prefix, epoch=epoch, fingerprint=fingerprint,
+        max_object_bytes=max_object_bytes, bucket=bucket,
     )
-    return saved
+    return SavedEpoch(manifest, manifest_ref, resume_ref)
 
 
 class BackgroundSaver:
     """Runs saves one at a time on a worker thread, so training goes on during uploads.
 
     `submit` first waits for the previous save (at most one in flight, so memory stays bounded)
-    and re-raises its error; call `wait` after training to finish the last save. What a save
-    reads must not change meanwhile: the engine's resume state is a CPU snapshot, made for this.
+    and re-raises its error; `check` re-raises a finished save's error without waiting (so a
+    failed upload stops training within a batch); call `wait` after training to finish the last
+    save. What a save reads must not change meanwhile: the engine's resume state is a CPU
+    snapshot, made for this.
     """
 
     def __init__(self) -> None:
@@ -345,6 +399,21 @@ class BackgroundSaver:
 
         self._thread = threading.Thread(target=work, name="checkpoint-saver", daemon=True)
         self._thread.start()
+
+    def __enter__(self) -> "BackgroundSaver":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Finish the last save; its error wins only when nothing else is being raised."""
+        try:
+            self.wait()
+        except Exception:
+            if exc is None:
+                raise
+
+    def check(self) -> None:
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
 
     def wait(self) -> None:
         if self._thread is not None:

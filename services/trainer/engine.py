@@ -6,7 +6,8 @@ the same under the RunPod handler, a local subprocess, a test or a benchmark.
 
 Epochs are numbered from 1. Per epoch: `on_epoch_start`, then for every batch `should_stop()`
 (before the batch) and `on_batch(progress)` (after it); then `should_stop()` once more,
-validation, `save_checkpoint(...)` and `on_epoch_end(summary)`. A stop request ends the run
+validation, `save_checkpoint(...)` and `on_epoch_end(summary)`. A NaN or infinite loss raises
+NonFiniteLoss naming the epoch and batch. A stop request ends the run
 within one batch: the unfinished epoch is neither validated nor checkpointed, and `run()`
 returns a result with status "stopped" and the hook's reason (the caller maps it to a cancelled
 or lease-lost run).
@@ -32,9 +33,9 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import reducers as pml_reducers
 from torch.utils.data import DataLoader
 
-from services.common.errors import InvalidConfig
+from services.common.errors import InvalidConfig, NonFiniteLoss
 from services.trainer import metrics as M
-from services.trainer.best import EarlyStopping, EpochScore, best_epoch
+from services.trainer.best import EarlyStopping, best_of_history
 from services.trainer.losses import COMPONENTS, EmbeddingLoss
 from services.trainer.model import EmbeddingModel
 from services.trainer.sampler import ResumableBatchSampler, batch_plan, pk_batches
@@ -95,7 +96,8 @@ class TrainingHooks(Protocol):
     def on_epoch_end(self, summary: dict[str, Any]) -> None:
         """summary: epoch, num_batches, train_loss {component: mean}, lr {tier: lr}, val
         {recall@k, map, map@r, loss, num_queries, queries_without_relevant}, images_per_second,
-        train_seconds, duration_seconds, early_stop."""
+        train_seconds, duration_seconds, early_stop, best_epoch (best.best_of_history of every
+        epoch so far, earlier attempts' included)."""
 
 
 @dataclass
@@ -371,6 +373,7 @@ class Trainer:
                 "early_stop": stop_early,
             }
             self.history.append(summary)
+            summary["best_epoch"] = best_of_history(self.history)
             self.last_epoch = epoch
             self.sampler.next_epoch()
             self.hooks.save_checkpoint(epoch, self.model, summary, self.resume_state())
@@ -381,12 +384,7 @@ class Trainer:
         return self._result(status, None)
 
     def _result(self, status: str, reason: str | None) -> TrainingResult:
-        scores = [
-            EpochScore(s["epoch"], s["val"].get("recall@1"), s["val"].get("loss"))
-            for s in self.history
-        ]
-        best = best_epoch(scores)
-        return TrainingResult(status, list(self.history), best.epoch if best else None, reason)
+        return TrainingResult(status, list(self.history), best_of_history(self.history), reason)
 
     def _lr_per_tier(self, step: int) -> dict[str, float]:
         t = self.config.training
@@ -406,6 +404,13 @@ class Trainer:
             if reason is not None:
                 return totals, reason
             values = self._train_step(images, labels, domains, t.grad_clip_norm)
+            if not all(map(math.isfinite, values)):
+                raise NonFiniteLoss(
+                    f"the training loss became non-finite at epoch {epoch}, batch "
+                    f"{self.sampler.position + 1}: {dict(zip(COMPONENTS, values))}. Lower "
+                    "training.learning_rate, keep training.grad_clip_norm set, or use "
+                    "training.amp 'bf16' or 'off'.",
+                    details={"epoch": epoch, "batch": self.sampler.position + 1})
             base_lr = lr_at(
                 self.step, self.total_steps, self.warmup_steps, t.learning_rate, t.min_lr
             )

@@ -5,8 +5,15 @@ appends to an in-memory queue (`emit` never blocks a training step). The thread 
 with `append_trainer_events`, which is idempotent on the trainer's sequence numbers, so a batch
 retried after a dropped connection is stored exactly once and in order. While the database is
 unreachable it retries with backoff and keeps every event. It also heartbeats the lease
-(fenced on `lease_epoch`) and LISTENs for cancel requests: a lost lease or a cancel request is
-visible through `stop_reason()` within one flush interval of the NOTIFY.
+(fenced on `lease_epoch`), sending the training step counter (`step`) so a trainer whose step
+stops advancing is seen as hung, and LISTENs for cancel requests: a lost lease or a cancel
+request is visible through `stop_reason()` within one flush interval of the NOTIFY.
+
+Payloads are made JSON-safe at `emit` (NaN and infinities become null), so a non-finite number
+never blocks the stream. A batch the database refuses for its content (a data or constraint
+error, an unencodable value) is not retried: the writer drops what is queued, stops writing
+events and reports it through `rejected` and `stop_reason()` ("event_rejected"), so the runner
+fails the run with EventRejected instead of retrying forever.
 """
 from __future__ import annotations
 
@@ -20,14 +27,16 @@ from dataclasses import dataclass
 import asyncpg
 
 from db import repository
-from services.common.errors import LeaseLost
+from services.common.errors import EventRejected, LeaseLost
+from services.common.events import json_safe
 from services.common.logging import get_logger
 from services.common.retry import backoff_delay
 
 CANCEL_CHANNEL = "skutrain_cancel"
 _RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
               asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CannotConnectNowError,
-              asyncio.TimeoutError, ConnectionError)
+              asyncio.TimeoutError, ConnectionError,
+              asyncpg.exceptions.TransactionRollbackError)
 
 
 @dataclass
@@ -59,6 +68,8 @@ class EventWriter:
         self._stored = threading.Condition(self._lock)
         self._cancel_requested = False
         self._lease_lost = False
+        self.rejected: EventRejected | None = None
+        self.step: int | None = None  # the training step counter, sent with each heartbeat
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,18 +85,30 @@ class EventWriter:
         self._loop_ready.wait()
 
     def emit(self, type_: str, payload: dict) -> int:
-        """Queue an event; returns its trainer sequence number. Never blocks on I/O."""
+        """Queue an event (from any thread); returns its trainer sequence number. Never blocks
+        on I/O. After a rejected batch nothing more is queued (returns 0)."""
+        payload = json_safe(payload)
         with self._lock:
+            if self.rejected is not None:
+                return 0
             seq = self._next_seq
             self._next_seq += 1
             self._pending.append((seq, type_, payload))
             return seq
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every emitted event is stored; False on timeout or a lost lease."""
+        """Wait until every event emitted so far is stored; False on timeout or a lost lease."""
+        with self._lock:
+            last = self._next_seq - 1
+        return self.wait_stored(last, timeout)
+
+    def wait_stored(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until event `seq` is stored (or dropped after a rejection); False on timeout or
+        a lost lease."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._stored:
-            while self._stored_seq < self._next_seq - 1 and not self._lease_lost:
+            while (self._stored_seq < seq and not self._lease_lost
+                   and self.rejected is None):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -95,6 +118,8 @@ class EventWriter:
     def stop_reason(self) -> str | None:
         if self._lease_lost:
             return "lease_lost"
+        if self.rejected is not None:
+            return "event_rejected"
         if self._cancel_requested:
             return "cancelled"
         return None
@@ -130,6 +155,8 @@ class EventWriter:
             except LeaseLost as exc:
                 self._mark_lease_lost(str(exc))
                 return
+            except EventRejected as exc:
+                self._reject(exc)
             except Exception:  # never let the writer thread die: events stay queued
                 self.log.exception("event_writer.error")
                 await asyncio.sleep(self.config.retry_cap)
@@ -143,6 +170,13 @@ class EventWriter:
             self._lease_lost = True
             self._stored.notify_all()
 
+    def _reject(self, exc: EventRejected) -> None:
+        self.log.error("event.rejected", error=exc.message)
+        with self._stored:
+            self.rejected = exc
+            self._pending.clear()
+            self._stored.notify_all()
+
     def _on_cancel_notify(self, _conn, _pid, _channel, payload: str) -> None:
         """request_cancel() NOTIFYs at once; the heartbeat is the fallback if this is missed."""
         if payload == str(self.run_id):
@@ -150,7 +184,7 @@ class EventWriter:
 
     async def _heartbeat(self, conn) -> None:
         beat = await repository.heartbeat_run(conn, self.run_id, self.lease_epoch,
-                                              self.config.lease_seconds)
+                                              self.config.lease_seconds, step=self.step)
         if not beat.owned:
             # A finished run also reports owned=False: only a live attempt counts as lost.
             row = await repository.get_run(conn, self.run_id)
@@ -172,7 +206,14 @@ class EventWriter:
                 return await repository.append_trainer_events(
                     conn, self.run_id, self.lease_epoch, first_seq, events)
 
-            stored = await self._with_retry(append)
+            try:
+                stored = await self._with_retry(append)
+            except (asyncpg.PostgresError, TypeError, ValueError) as exc:
+                kinds = sorted({t for t, _ in events})
+                raise EventRejected(
+                    f"the database refused trainer events {first_seq}-{batch[-1][0]} "
+                    f"({', '.join(kinds)}) for their content: {type(exc).__name__}: {exc}",
+                    details={"first_seq": first_seq, "types": kinds}) from exc
             with self._stored:
                 while self._pending and self._pending[0][0] <= stored:
                     self._pending.popleft()

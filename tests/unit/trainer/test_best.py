@@ -5,7 +5,14 @@ import math
 
 import pytest
 
-from services.trainer.best import EarlyStopping, EpochScore, best_epoch, remaining_epochs
+from services.trainer.best import (
+    EarlyStopping,
+    EpochScore,
+    best_epoch,
+    best_of_history,
+    progress_due,
+    remaining_epochs,
+)
 
 
 def test_best_is_highest_recall_then_lower_loss_then_earlier_epoch():
@@ -54,3 +61,21 @@ def test_remaining_epochs():
         remaining_epochs(0, 0)
     with pytest.raises(ValueError):
         remaining_epochs(3, -1)
+
+
+def test_best_of_history_reads_engine_summaries():
+    history = [{"epoch": 1, "val": {"recall@1": 0.5, "loss": 0.3}},
+               {"epoch": 2, "val": {"recall@1": 0.5, "loss": 0.2}},
+               {"epoch": 3, "val": {"recall@1": math.nan, "loss": 0.1}}]
+    assert best_of_history(history) == 2  # tie on recall: lower val loss
+    assert best_of_history([]) is None
+
+
+def test_progress_throttle():
+    # first and last batch always; in between at most one per interval
+    assert progress_due(100.0, 99.9, 2.0, batch=1, num_batches=10)
+    assert progress_due(100.0, 99.9, 2.0, batch=10, num_batches=10)
+    assert not progress_due(100.0, 99.0, 2.0, batch=5, num_batches=10)
+    assert progress_due(101.0, 99.0, 2.0, batch=5, num_batches=10)
+    assert progress_due(100.0, None, 2.0, batch=5, num_batches=10)  # nothing reported yet
+    assert progress_due(100.0, 100.0, 0.0, batch=5, num_batches=10)  # interval 0: every batch

@@ -1,20 +1,24 @@
 """checkpoints.py: size-limited FP16 shards, bit-identical round trip, corruption, resume state."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-from services.common.errors import ChecksumMismatch, StorageError
+from services.common.errors import ChecksumMismatch, ResumeMismatch, StorageError
 from services.common.storage import LocalStorage, ObjectRef
 from services.trainer.checkpoints import (
     BUCKET,
     BackgroundSaver,
     delete_checkpoint,
+    delete_resume_state,
     load_checkpoint,
     load_embedding_model,
     load_resume_state,
     plan_shards,
+    resume_fingerprint,
     save_checkpoint,
     save_resume_state,
 )
@@ -22,6 +26,8 @@ from services.trainer.config import RunConfig
 from services.trainer.model import EmbeddingModel, build_embedding_model
 
 LIMIT = 1_000_000
+PREFIX = "runs/r1/attempt-1/"
+PRINT = {"config": "c", "images": "i", "label_map": "l"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def big_model() -> EmbeddingModel:
 
 def _save(storage, model, epoch=1):
     return save_checkpoint(
-        storage, model.state_dict(), run_id="r1", epoch=epoch, model_name="custom",
+        storage, model.state_dict(), prefix=PREFIX, run_id="r1", epoch=epoch, model_name="custom",
         model_config=model.describe(), preprocessing={"image_size": 64}, label_map={0: "sku-1"},
         metrics={"val": {"recall@1": 0.5}}, max_object_bytes=LIMIT,
     )
@@ -51,10 +57,10 @@ def test_plan_shards_packs_greedily_in_order():
 def test_every_object_is_within_the_limit(tmp_path, big_model):
     storage = LocalStorage(tmp_path)
     manifest, ref = _save(storage, big_model)
-    assert ref == ObjectRef(BUCKET, "runs/r1/epoch-001/manifest.json")
+    assert ref == ObjectRef(BUCKET, PREFIX + "epoch-001/manifest.json")
     fp16_bytes = sum(t.numel() * 2 for t in big_model.state_dict().values())
     assert fp16_bytes > 5 * LIMIT
-    objects = list(storage.list(BUCKET, "runs/r1/epoch-001/"))
+    objects = list(storage.list(BUCKET, PREFIX + "epoch-001/"))
     assert len(objects) == len(manifest.shards) + 1
     assert all(storage.size(o) <= LIMIT for o in objects)
     assert manifest.split_tensors == {"head.proj.weight": {"shape": [4096, 256], "parts": 3}}
@@ -108,28 +114,48 @@ def test_upload_that_does_not_read_back_fails_before_the_manifest(tmp_path, big_
     storage = _LossyStorage(tmp_path)
     with pytest.raises(StorageError, match="did not verify"):
         _save(storage, big_model)
-    assert not storage.exists(ObjectRef(BUCKET, "runs/r1/epoch-001/manifest.json"))
+    assert not storage.exists(ObjectRef(BUCKET, PREFIX + "epoch-001/manifest.json"))
 
 
-def test_resume_state_is_split_replaced_and_verified(tmp_path, big_model):
+def test_resume_state_is_split_per_epoch_verified_and_never_deletes(tmp_path, big_model):
     storage = LocalStorage(tmp_path)
-    assert load_resume_state(storage, run_id="r1") is None
     state = {"epoch": 1, "model": big_model.state_dict(), "history": [{"val": {"loss": None}}],
              "rng": {"python": (3, tuple(range(5)), None)}}
-    save_resume_state(storage, state, run_id="r1", epoch=1, max_object_bytes=LIMIT)
-    first = list(storage.list(BUCKET, "runs/r1/resume/"))
-    assert len(first) > 5 and all(storage.size(o) <= LIMIT for o in first)
+    first = save_resume_state(storage, state, prefix=PREFIX, epoch=1, fingerprint=PRINT,
+                              max_object_bytes=LIMIT)
+    parts = list(storage.list(BUCKET, PREFIX + "epoch-001/resume/"))
+    assert len(parts) > 5 and all(storage.size(o) <= LIMIT for o in parts)
     state["epoch"] = 2
-    save_resume_state(storage, state, run_id="r1", epoch=2, max_object_bytes=LIMIT)
-    keys = [o.key for o in storage.list(BUCKET, "runs/r1/resume/")]
-    assert not any("epoch-001" in k for k in keys)
-    loaded = load_resume_state(storage, run_id="r1")
+    second = save_resume_state(storage, state, prefix=PREFIX, epoch=2, fingerprint=PRINT,
+                               max_object_bytes=LIMIT)
+    assert second.key == PREFIX + "epoch-002/resume/manifest.json"
+    assert list(storage.list(BUCKET, PREFIX + "epoch-001/resume/")) == parts  # untouched
+    assert load_resume_state(storage, first, fingerprint=PRINT)["epoch"] == 1
+    loaded = load_resume_state(storage, second, fingerprint=PRINT)
     assert loaded["epoch"] == 2 and loaded["history"] == state["history"]
     assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
-    part = ObjectRef(BUCKET, next(k for k in keys if k.endswith("part-002")))
+    part = ObjectRef(BUCKET, PREFIX + "epoch-002/resume/part-002")
     storage.put(part, b"junk")
     with pytest.raises(ChecksumMismatch, match="part-002"):
-        load_resume_state(storage, run_id="r1")
+        load_resume_state(storage, second, fingerprint=PRINT)
+    delete_resume_state(storage, first)
+    assert list(storage.list(BUCKET, PREFIX + "epoch-001/")) == []
+
+
+def test_resume_state_of_another_config_or_data_is_refused_naming_what_changed(tmp_path):
+    storage = LocalStorage(tmp_path)
+    images = [{"split": "train", "url": "u1", "label": "a"}, {"split": "val", "url": "u2",
+                                                             "label": "b"}]
+    saved = resume_fingerprint({"training": {"seed": 1}}, images, {"a": 0})
+    assert saved == resume_fingerprint({"training": {"seed": 1}}, images[::-1], {"a": 0})
+    ref = save_resume_state(storage, {"epoch": 1}, prefix=PREFIX, epoch=1, fingerprint=saved,
+                            max_object_bytes=LIMIT)
+    other = resume_fingerprint({"training": {"seed": 2}}, images[:1], {"a": 0})
+    with pytest.raises(ResumeMismatch) as info:
+        load_resume_state(storage, ref, fingerprint=other)
+    assert info.value.code == "resume_mismatch"
+    assert "training config" in info.value.message and "image manifest" in info.value.message
+    assert "label map" not in info.value.message
 
 
 def test_dinov2_small_needs_sharding_under_the_default_limit(tmp_path):
@@ -138,7 +164,8 @@ def test_dinov2_small_needs_sharding_under_the_default_limit(tmp_path):
     model = build_embedding_model(config, pretrained=False)
     storage = LocalStorage(tmp_path)
     manifest, ref = save_checkpoint(
-        storage, model.state_dict(), run_id="s", epoch=1, model_name=config.model,
+        storage, model.state_dict(), prefix="runs/s/attempt-1/", run_id="s", epoch=1,
+        model_name=config.model,
         model_config=model.describe(), preprocessing={}, label_map={}, metrics={},
         max_object_bytes=config.checkpoint.max_object_bytes,
     )
@@ -163,11 +190,17 @@ def test_background_saver_runs_one_save_at_a_time_and_reports_errors():
         saver.wait()
     saver.wait()  # the error is reported once
 
+    saver.submit(fail)
+    deadline = time.monotonic() + 10
+    with pytest.raises(StorageError, match="disk full"):
+        while time.monotonic() < deadline:
+            saver.check()  # never blocks; raises once the failed save has finished
+
 
 def test_delete_checkpoint_removes_every_object_of_that_epoch_only(tmp_path, big_model):
     storage = LocalStorage(tmp_path)
     _, first = _save(storage, big_model, epoch=1)
     _, second = _save(storage, big_model, epoch=2)
     delete_checkpoint(storage, first)
-    assert list(storage.list(BUCKET, "runs/r1/epoch-001/")) == []
+    assert list(storage.list(BUCKET, PREFIX + "epoch-001/")) == []
     assert load_checkpoint(storage, second)[1].epoch == 2

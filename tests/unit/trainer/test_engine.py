@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from services.common.errors import InvalidConfig
+from services.common.errors import InvalidConfig, NonFiniteLoss
 from services.common.storage import LocalStorage, ObjectRef
 from services.trainer.checkpoints import (
     BUCKET,
@@ -19,6 +19,8 @@ from services.trainer.engine import Trainer, evaluate_model, resolve_amp, seed_e
 from services.trainer.losses import build_loss
 from services.trainer.model import build_embedding_model, preprocessing
 from services.trainer.schedule import lr_at
+
+PREFIX = "runs/run-1/attempt-1/"
 
 
 class RecordingHooks:
@@ -51,7 +53,8 @@ class RecordingHooks:
     def save_checkpoint(self, epoch, model, summary, resume_state):
         save = self.saver.submit if self.saver else lambda fn, *a, **kw: fn(*a, **kw)
         save(
-            save_epoch, self.storage, model, resume_state, run_id="run-1", epoch=epoch,
+            save_epoch, self.storage, model, resume_state, prefix=PREFIX, run_id="run-1",
+            epoch=epoch, fingerprint={},
             model_name=self.config.model, preprocessing=preprocessing(self.config),
             label_map={0: "product-0"}, metrics={"val": summary["val"]},
             max_object_bytes=self.config.checkpoint.max_object_bytes,
@@ -75,7 +78,16 @@ def make_trainer(config, train, val, hooks, *, seed=0, resume_state=None):
 
 
 def checkpoint_epochs(storage):
-    return sorted({o.key.split("/")[2] for o in storage.list(BUCKET, "runs/run-1/epoch-")})
+    return sorted({o.key.split("/")[3] for o in storage.list(BUCKET, PREFIX + "epoch-")})
+
+
+def resume_state(storage, epoch):
+    ref = ObjectRef(BUCKET, f"{PREFIX}epoch-{epoch:03d}/resume/manifest.json")
+    return load_resume_state(storage, ref, fingerprint={})
+
+
+def manifest_ref(epoch):
+    return ObjectRef(BUCKET, f"{PREFIX}epoch-{epoch:03d}/manifest.json")
 
 
 def test_two_epochs_end_to_end(tmp_path, make_items, make_config):
@@ -111,11 +123,11 @@ def test_two_epochs_end_to_end(tmp_path, make_items, make_config):
         sum(p["losses"]["total"] for p in progress[3:]) / 3)
 
     assert checkpoint_epochs(storage) == ["epoch-001", "epoch-002"]
-    manifest_ref = ObjectRef(BUCKET, "runs/run-1/epoch-002/manifest.json")
-    state, manifest = load_checkpoint(storage, manifest_ref)
+    state, manifest = load_checkpoint(storage, manifest_ref(2))
     assert manifest.epoch == 2 and manifest.preprocessing["image_size"] == 32
     assert all(t.dtype == torch.float16 for t in state.values())
-    assert load_resume_state(storage, run_id="run-1")["epoch"] == 2
+    assert resume_state(storage, 2)["epoch"] == 2
+    assert [s["best_epoch"] for s in summaries][-1] == result.best_epoch
     assert result.best_epoch in (1, 2) and result.best["epoch"] == result.best_epoch
 
 
@@ -128,7 +140,7 @@ def test_stop_mid_epoch_within_one_batch_without_a_checkpoint(tmp_path, make_ite
     assert hooks.batches == 4
     assert [s["epoch"] for s in result.epochs] == [1]
     assert checkpoint_epochs(storage) == ["epoch-001"]
-    assert load_resume_state(storage, run_id="run-1")["epoch"] == 1
+    assert resume_state(storage, 1)["epoch"] == 1
     assert ("checkpoint", 2) not in hooks.calls
 
 
@@ -153,7 +165,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, make_it
     first = make_trainer(config, train, val, RecordingHooks(storage, config, stop_at_epoch_start=2))
     assert first.run().status == "stopped"
 
-    state = load_resume_state(storage, run_id="run-1")
+    state = resume_state(storage, 1)
     hooks = RecordingHooks(storage, config)
     resumed = make_trainer(config, train, val, hooks, seed=123, resume_state=state)
     resumed_result = resumed.run()
@@ -166,6 +178,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, make_it
     for a, b in zip(straight_result.epochs, resumed_result.epochs):
         assert a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
     assert resumed_result.best_epoch == straight_result.best_epoch
+
+
+def test_non_finite_loss_fails_naming_epoch_and_batch(tmp_path, make_items, make_config):
+    config = make_config()
+    train = make_items(6, 4)
+    train.images[8:16] = float("nan")  # the second batch of epoch 1 holds poisoned images
+    hooks = RecordingHooks(LocalStorage(tmp_path), config)
+    trainer = make_trainer(config, train, make_items(4, 3, seed=1), hooks)
+    with pytest.raises(NonFiniteLoss, match="epoch 1, batch") as info:
+        trainer.run()
+    assert info.value.code == "non_finite_loss" and info.value.details["epoch"] == 1
+    assert hooks.batches == info.value.details["batch"] - 1  # no progress for the bad batch
 
 
 def test_early_stopping_on_val_recall(tmp_path, make_items, make_config):
@@ -221,10 +245,9 @@ def test_background_saving_writes_each_epochs_own_weights(tmp_path, make_items, 
     trainer.run()
     saver.wait()
     for epoch in (1, 2):
-        ref = ObjectRef(BUCKET, f"runs/run-1/epoch-{epoch:03d}/manifest.json")
-        a, _ = load_checkpoint(inline, ref)
-        b, _ = load_checkpoint(background, ref)
+        a, _ = load_checkpoint(inline, manifest_ref(epoch))
+        b, _ = load_checkpoint(background, manifest_ref(epoch))
         assert all(torch.equal(a[k], b[k]) for k in a)
-    last, _ = load_checkpoint(background, ObjectRef(BUCKET, "runs/run-1/epoch-002/manifest.json"))
+    last, _ = load_checkpoint(background, manifest_ref(2))
     live = trainer.model.state_dict()
     assert all(torch.equal(last[k], live[k].half()) for k in live)
