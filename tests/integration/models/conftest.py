@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 from db import repository
 from db.connection import with_database
 from services.catalog.generate import generate_catalog
+from services.common.logging import configure_logging
+from services.common.settings import get_settings
 from services.common.storage import LocalStorage
 from services.trainer.runner import TrainerEnvironment, run_attempt
 from tests.conftest import _admin
@@ -77,6 +80,19 @@ def trained(pg_server_url, template_db, tmp_path_factory) -> TrainedRun:
     run_id = train_run(url, storage, data_dir, TINY_RUN, products)
     yield TrainedRun(url, data_dir, storage, run_id, products)
     _admin(pg_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def cli_env(trained, monkeypatch):
+    """`skutrain` commands see the trained run's database and data dir; afterwards the logs go
+    to the real stderr again (the CLI configured them onto the test's captured one)."""
+    monkeypatch.setenv("DATABASE_URL", trained.db_url)
+    monkeypatch.setenv("SKUTRAIN_DATA_DIR", str(trained.data_dir))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+    configure_logging("INFO", "json", sys.__stderr__)
 
 
 @pytest.fixture
