@@ -271,7 +271,7 @@ def cmd_demo(args, settings: Settings) -> int:
 
     # The demo shows its own progress from the events; service logs only when something is wrong.
     configure_logging("WARNING", settings.log_format)
-    return asyncio.run(run_demo(settings, Console()))
+    return asyncio.run(run_demo(settings, Console(), args.port if args.serve else None))
 
 
 # -- api -----------------------------------------------------------------------------------
@@ -596,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="a real training run end to end on the embedded defaults")
+    p.add_argument("--serve", action="store_true",
+                   help="then serve the dashboard on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="the dashboard's port with --serve")
     p.set_defaults(func=cmd_demo)
     return parser
 

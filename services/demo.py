@@ -95,7 +95,9 @@ async def _follow(conn, run_id: int, console: Console) -> dict:
             await asyncio.sleep(0.3)
 
 
-async def run_demo(settings: Settings, console: Console) -> int:
+async def run_demo(settings: Settings, console: Console, serve_port: int | None = None) -> int:
+    """The demo; with `serve_port`, then the dashboard on 127.0.0.1 until Ctrl-C (the
+    dispatcher and reconciler keep serving the runs created there)."""
     from services.cli import build_launcher, reconciler_config, run_dispatcher, run_reconciler
     from services.common.storage import storage_from_settings
 
@@ -119,13 +121,25 @@ async def run_demo(settings: Settings, console: Console) -> int:
         console.print("dispatcher and reconciler running")
         try:
             row = await _follow(conn, run_id, console)
+            status = await _report(conn, row, settings, console)
+            if serve_port is not None:
+                await _serve_dashboard(url, settings, serve_port, console)
+            return status
         finally:
             for service in services:
                 service.cancel()
             await asyncio.gather(*services, return_exceptions=True)
-        return await _report(conn, row, settings, console)
     finally:
         await conn.close()
+
+
+async def _serve_dashboard(url: str, settings: Settings, port: int, console: Console) -> None:
+    from services.api.server import serve
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    console.print()
+    await serve(url, token, "127.0.0.1", port,
+                announce=lambda line: console.print(line, soft_wrap=True, highlight=False))
 
 
 async def _colour_baseline(conn, run_id: int, settings: Settings) -> dict:

@@ -109,3 +109,19 @@ async def test_register_two_models_and_compare_them(page, catalog_conn):
     assert await r1.nth(1).get_attribute("class") == "num best-value"
     assert await page.locator("#chart-compare svg rect").count() == 8  # 4 metrics x 2 models
     await screenshot(page, "compare_models")
+
+
+async def test_a_failed_run_shows_its_error_and_can_be_resumed(page, conn):
+    run_id = await repository.insert_run(conn, "too-small", {})
+    (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
+    message = "the data source has 4 products; at least 10 are needed (add products or use another source)"
+    assert await repository.finish_run(conn, run_id, claimed.lease_epoch, "failed",
+                                       error_code="insufficient_products", error_message=message)
+    await page.reload()
+    assert message in await page.locator(f"#run-{run_id} .error-line").get_attribute("title")
+    await page.click(f"#run-{run_id} .name a")
+    assert await page.locator(".error-box").inner_text() == f"insufficient_products: {message}"
+    await screenshot(page, "run_detail_failed")
+    await page.click("[data-action=resume]")
+    await page.locator(".badge-queued").wait_for()  # the page follows the run's events
+    assert (await repository.get_run(conn, run_id))["status"] == "queued"

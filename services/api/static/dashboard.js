@@ -478,6 +478,7 @@
     if (!result.ok) return;
     const rows = Array.isArray(result.data) ? result.data : (result.data.epochs || []);
     $("#history-empty").hidden = rows.length > 0;
+    $(".charts").hidden = rows.length === 0;
     const VAL = ["recall_at_1", "recall_at_5", "recall_at_10", "map"];
     SkuCharts.lineChart($("#chart-loss"), {series: seriesFrom(rows, r => ({...r.loss, "val loss": r.val_loss}))});
     SkuCharts.lineChart($("#chart-lr"), {series: seriesFrom(rows, r => r.lr), log: true});
