@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from db import repository
+from services.common.events import undeclared_fields
 from services.common.storage import LocalStorage, ObjectRef
 from services.trainer import checkpoints
 from tests.e2e.conftest import TINY_RUN, wait_for_status
@@ -29,6 +30,8 @@ async def test_tiny_run_completes_with_checkpoints_events_and_test_metrics(
     attempt = [e for e in events if e["attempt"] == 1]
     assert [e["seq"] for e in attempt] == list(range(1, len(attempt) + 1))  # ordered, no gap
     types = [e["type"] for e in attempt]
+    for event in events:  # the catalogue is the truth: every type and field is documented
+        assert undeclared_fields(event["type"], event["payload"]) == set(), event["type"]
     assert types[:4] == ["run.claimed", "run.launched", "run.started", "data.prepared"]
     assert types[-2:] == ["eval.completed", "run.completed"]
     assert types.count("epoch.started") == types.count("epoch.completed") == 2

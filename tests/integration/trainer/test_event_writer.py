@@ -87,3 +87,50 @@ def test_cancel_request_seen_through_heartbeat(db_url):
         time.sleep(0.05)
     assert writer.stop_reason() == "cancelled"
     writer.close()
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_non_finite_numbers_are_stored_as_null_and_the_step_is_heartbeaten(db_url):
+    run_id, epoch = _claim(db_url)
+    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+        flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
+    writer.start()
+    writer.step = 7
+    writer.emit("epoch.completed", {"epoch": 1, "loss": {"total": float("nan")},
+                                    "val": {"loss": float("inf"), "recall_at_1": 0.5}})
+    writer.emit("epoch.started", {"epoch": 2})
+    assert writer.flush(10)  # not blocked behind the NaN
+
+    def progress_step():
+        with psycopg.connect(_libpq(db_url)) as pg:
+            return pg.execute("SELECT progress_step FROM training_runs WHERE id = %s",
+                              (run_id,)).fetchone()[0]
+
+    assert _wait_for(lambda: progress_step() == 7)
+    writer.close()
+    rows = _trainer_events(db_url, run_id)
+    completed = next(p for _, t, p in rows if t == "epoch.completed")
+    assert completed == {"epoch": 1, "loss": {"total": None},
+                         "val": {"loss": None, "recall_at_1": 0.5}}
+    assert [t for _, t, _ in rows][-1] == "epoch.started"
+
+
+def test_a_batch_refused_for_its_content_is_not_retried(db_url):
+    run_id, epoch = _claim(db_url)
+    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+        flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
+    writer.start()
+    writer.emit("batch.progress", {"note": "bad \x00 byte"})  # jsonb refuses \u0000
+    assert _wait_for(lambda: writer.stop_reason() == "event_rejected", timeout=5)
+    assert writer.rejected.code == "event_rejected"
+    assert "batch.progress" in writer.rejected.message
+    assert writer.flush(1)  # nothing left waiting: the runner can end the run at once
+    assert writer.emit("epoch.started", {"epoch": 1}) == 0  # nothing queued after a refusal
+    writer.close(2)
+    assert [t for _, t, _ in _trainer_events(db_url, run_id)] == ["run.claimed"]
