@@ -11,8 +11,11 @@ per-worker seeding make them reproducible.
   are part of what identifies a product).
 - Eval: resize the shorter side to `image_size / 0.875`, centre crop `image_size`.
 - Both end normalised with the ImageNet mean and std, which DINOv2/v3 were trained with.
-Images are decoded from the cache at a reduced JPEG scale when possible (`draft`), which keeps
-decoding cheap for large photos.
+Both start from the image decoded with its shorter side at `image_size / 0.875`
+(`decoded.decode_resized`), which is cached on disk (`decoded.DecodedImageCache`) when the
+image came from the download cache: every epoch after the first, and every later run at the
+same size, only loads that uint8 array and augments it. The random crop is taken from that
+array, so it sees the image at 1/0.875 of the input size, not at its original resolution.
 
 Besides `labels` and `domains` (what the sampler plans from), a dataset lists per item its
 `categories` (the product's category, for per-category metrics) and `sources` (see
@@ -29,11 +32,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from services.trainer.data.download import LocalImage, load_rgb
+from services.trainer.data.decoded import (
+    EVAL_CROP_FRACTION,
+    DecodedImageCache,
+    decode_resized,
+    decoded_side,
+)
+from services.trainer.data.download import LocalImage
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-EVAL_CROP_FRACTION = 0.875
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 CROP_TRIES = 10
@@ -89,14 +97,18 @@ def random_crop_box(width: int, height: int, u: Sequence[float]) -> tuple[int, i
     return left, top, left + side, top + side
 
 
-def train_transform(img: Image.Image, size: int) -> torch.Tensor:
-    """Random resized crop, flip, brightness / contrast / saturation jitter, normalise."""
+def train_transform(x: np.ndarray, size: int) -> torch.Tensor:
+    """Random resized crop, flip, brightness / contrast / saturation jitter, normalise.
+
+    `x` is a decoded uint8 HWC image (`decode_resized`)."""
     u = torch.rand(N_DRAWS).tolist()  # one draw from torch's generator per image
-    img = img.resize((size, size), Image.BILINEAR, box=random_crop_box(*img.size, u))
-    if u[2 * CROP_TRIES + 2] < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    height, width = x.shape[:2]
+    img = Image.fromarray(x).resize((size, size), Image.BILINEAR,
+                                    box=random_crop_box(width, height, u))
     brightness, contrast, saturation = (_lerp((1 - JITTER, 1 + JITTER), v) for v in u[-3:])
     x = np.asarray(img, np.float32) * np.float32(brightness / 255.0)
+    if u[2 * CROP_TRIES + 2] < 0.5:
+        x = x[:, ::-1]
     mean = float((x @ _GRAY).mean())
     x = (x - mean) * np.float32(contrast) + np.float32(mean)
     gray = (x @ _GRAY)[..., None]
@@ -104,14 +116,13 @@ def train_transform(img: Image.Image, size: int) -> torch.Tensor:
     return _normalised_chw(np.clip(x, 0.0, 1.0, out=x))
 
 
-def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize the shorter side to size / 0.875, centre crop, normalise."""
-    width, height = img.size
-    scale = size / EVAL_CROP_FRACTION / min(width, height)
-    width, height = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (width - size) // 2, (height - size) // 2
-    img = img.resize((width, height), Image.BILINEAR).crop((left, top, left + size, top + size))
-    return _normalised_chw(np.asarray(img, np.float32) * np.float32(1 / 255.0))
+def eval_transform(x: np.ndarray, size: int) -> torch.Tensor:
+    """Centre crop `size` from a decoded uint8 HWC image whose shorter side is already
+    `decoded_side(size)` (= size / 0.875), normalise."""
+    height, width = x.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    crop = x[top:top + size, left:left + size]
+    return _normalised_chw(crop.astype(np.float32) * np.float32(1 / 255.0))
 
 
 def _normalised_chw(x: np.ndarray) -> torch.Tensor:
@@ -154,8 +165,16 @@ class ProductImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def decoded(self, index: int) -> np.ndarray:
+        """Item `index` decoded at this dataset's size: from the decoded cache when the image
+        has one (images from the download cache do), else decoded now."""
+        image = self.images[index]
+        side = decoded_side(self.image_size)
+        if image.decoded_dir is None:
+            return decode_resized(image.path, side)
+        return DecodedImageCache(image.decoded_dir).load(image.path, side)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        draft = math.ceil(self.image_size / EVAL_CROP_FRACTION)
-        img = load_rgb(self.images[index].path, draft_size=draft)
         transform = train_transform if self.train else eval_transform
-        return transform(img, self.image_size), self.labels[index], self.domains[index]
+        x = transform(self.decoded(index), self.image_size)
+        return x, self.labels[index], self.domains[index]

@@ -24,6 +24,7 @@ Decisions:
   named by their sha256 `c` (identical images behind different URLs are stored once), and
   ``index/<u[:2]>/<u>`` holds that file name, `u` being the sha256 of the URL string. Both are
   written atomically, object first, so an index entry always points at a complete file.
+  ``decoded/`` holds the images decoded at a run's input size (`decoded.DecodedImageCache`).
 - Reports carry URLs through `redact_url`: no user:password, query values masked (signed
   URLs carry their secrets there).
 """
@@ -44,7 +45,7 @@ from urllib.request import url2pathname
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
-from PIL import Image, ImageOps
+from PIL import Image
 
 from services.common.errors import StorageError
 from services.common.retry import backoff_delay
@@ -83,8 +84,12 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class LocalImage:
+    """A record's image on local disk; `decoded_dir` is where its decoded copies are cached
+    (`decoded.DecodedImageCache`), beside the download cache that holds it."""
+
     record: ImageRecord
     path: Path
+    decoded_dir: Path | None = None
 
 
 @dataclass
@@ -140,14 +145,6 @@ def decode_rgb(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img.convert("RGB")
-
-
-def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
-    """Open a cached image as upright RGB; `draft_size` lets JPEG decode at reduced scale."""
-    with Image.open(path) as img:
-        if draft_size:
-            img.draft("RGB", (draft_size, draft_size))
-        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class _Skip(Exception):
@@ -363,17 +360,18 @@ def download_images(
                 )
                 outcomes.update(zip(to_fetch, resolved))
 
-    return _collect(records, outcomes)
+    return _collect(records, outcomes, decoded_dir=cache.root / "decoded")
 
 
-def _collect(records: Sequence[ImageRecord], outcomes: dict[str, _Outcome]) -> DownloadResult:
+def _collect(records: Sequence[ImageRecord], outcomes: dict[str, _Outcome], *,
+             decoded_dir: Path) -> DownloadResult:
     report = DownloadReport(total=len(records))
     report.attempts = sum(o.attempts for o in outcomes.values())
     images: list[LocalImage] = []
     for record in records:
         outcome = outcomes[record.url]
         if outcome.path is not None:
-            images.append(LocalImage(record, outcome.path))
+            images.append(LocalImage(record, outcome.path, decoded_dir))
             report.ok += 1
             report.cached += outcome.cached
             continue
