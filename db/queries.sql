@@ -191,6 +191,11 @@ SELECT manifest_url FROM checkpoints WHERE id = checkpoint_for_epoch($1, $2);
 -- ---------------------------------------------------------------------------------------------
 -- Lifecycle: launches (dispatcher), leases, cancel, resume, deletes, best, retention (reconciler)
 
+-- name: mark_launched_batch
+-- Record the launches of a batch (runs $1 at lease epochs $2, launcher $3, job ids $4,
+-- identities $5) in one commit; one boolean per run.
+SELECT mark_launched_batch($1::bigint[], $2::bigint[], $3, $4::text[], $5::jsonb[]);
+
 -- name: live_launches
 -- Launch records of launcher $1 whose job was not yet seen gone.
 SELECT l.run_id, l.attempt, l.lease_epoch, l.launcher, l.external_job_id, l.identity,
@@ -296,3 +301,4 @@ SELECT settle_checkpoints($1, $2, $3::bigint[]);
 SELECT run_uuid::text FROM training_runs WHERE run_uuid = ANY($1::uuid[])
 UNION
 SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;
+

@@ -268,6 +268,15 @@ async def _refusable(conn, query: str, *args):
         raise
 
 
+async def mark_launched_batch(conn, launcher: str,
+                              launches: Sequence[tuple[int, int, str, dict]]) -> list[bool]:
+    """Record (run id, lease epoch, external job id, identity) launches in one commit."""
+    return await conn.fetchval(
+        QUERIES["mark_launched_batch"], [r for r, _, _, _ in launches],
+        [e for _, e, _, _ in launches], launcher, [j for _, _, j, _ in launches],
+        [i for _, _, _, i in launches])
+
+
 async def live_launches(conn, launcher: str) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["live_launches"], launcher)
 
@@ -348,3 +357,5 @@ async def settle_checkpoints(conn, run_id: int, best_id: int | None,
 
 async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
+
+

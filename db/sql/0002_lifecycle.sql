@@ -232,6 +232,25 @@ BEGIN
   RETURN true;
 END $$;
 
+-- Record a dispatcher batch's launches in one statement and one commit. Every run's event lock
+-- is taken first, in id order, before anything gives the transaction an xid, so the batch
+-- cannot reorder any run's events; the jobs are still held at their gates. Returns, per run,
+-- whether its launch was recorded (false: fenced out or already launched).
+CREATE FUNCTION mark_launched_batch(p_run_ids bigint[], p_lease_epochs bigint[], p_launcher text,
+                                    p_external_job_ids text[], p_identities jsonb[])
+RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+  v_recorded boolean[] := '{}';
+  i int;
+BEGIN
+  PERFORM lock_run_events(id) FROM unnest(p_run_ids) AS id ORDER BY id;
+  FOR i IN 1 .. coalesce(array_length(p_run_ids, 1), 0) LOOP
+    v_recorded := v_recorded || mark_launched(p_run_ids[i], p_lease_epochs[i], p_launcher,
+                                              p_external_job_ids[i], p_identities[i]);
+  END LOOP;
+  RETURN v_recorded;
+END $$;
+
 -- Remaining epochs when a run resumes after its checkpoint of `p_last_completed_epoch`.
 CREATE FUNCTION remaining_epochs(p_total_epochs int, p_last_completed_epoch int)
 RETURNS int LANGUAGE sql IMMUTABLE AS $$

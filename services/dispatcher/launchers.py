@@ -77,6 +77,7 @@ class JobState(str, enum.Enum):
 class Launcher(Protocol):
     name: str
     max_concurrent: int
+    watches_jobs: bool  # whether state() can tell; the dispatcher then counts live launches
 
     async def launch(self, request: LaunchRequest) -> LaunchedJob: ...
     async def release(self, request: LaunchRequest, job: LaunchedJob) -> None: ...
@@ -92,6 +93,7 @@ class NoopLauncher:
 
     name = "noop"
     max_concurrent = 1_000_000
+    watches_jobs = False
 
     def __init__(self) -> None:
         self.launched: dict[tuple[int, int], str] = {}
@@ -151,6 +153,7 @@ class LocalLauncher:
     max_concurrent: int = 1
     env: dict[str, str] = field(default_factory=dict)
     name: str = "local"
+    watches_jobs: bool = True
     _held: dict[tuple[int, int], asyncio.subprocess.Process] = field(default_factory=dict)
 
     def _log_path(self, request: LaunchRequest) -> Path:

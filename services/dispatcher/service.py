@@ -90,10 +90,11 @@ class Dispatcher(ListeningService):
         result = TickResult()
         assert self._pool is not None, "start() first"
         async with self._pool.acquire() as conn:
-            result.reaped = await settle_gone_jobs(conn, self.launcher, self.config.max_attempts,
-                                                   self.log)
-            live = await repository.count_live_launches(conn, self.launcher.name)
-            slots = self.launcher.max_concurrent - live
+            slots = self.launcher.max_concurrent
+            if self.launcher.watches_jobs:
+                result.reaped = await settle_gone_jobs(conn, self.launcher,
+                                                       self.config.max_attempts, self.log)
+                slots -= await repository.count_live_launches(conn, self.launcher.name)
             if self._stopping.is_set() or slots <= 0:
                 return result
             runs = await repository.claim_runs(
@@ -102,8 +103,15 @@ class Dispatcher(ListeningService):
             )
             result.claimed = len(runs)
             self._crash_point("after_claim", runs)
+            started = []
             for run in runs:
-                outcome = await self._launch_one(conn, run)
+                outcome = await self._start_one(conn, run)
+                if isinstance(outcome, str):
+                    setattr(result, outcome, getattr(result, outcome) + 1)
+                else:
+                    started.append(outcome)
+            self._crash_point("after_start", started)
+            for outcome in await self._record(conn, started):
                 setattr(result, outcome, getattr(result, outcome) + 1)
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
@@ -116,15 +124,16 @@ class Dispatcher(ListeningService):
             self.log.warning("dispatcher.crash_injected", point=point)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _launch_one(self, conn, run: repository.ClaimedRun) -> str:
-        """Prepare and launch one claimed run; returns the TickResult field it counts in."""
+    async def _start_one(self, conn, run: repository.ClaimedRun):
+        """Prepare one claimed run and start its job held at the gate: (run, request, job), or
+        the TickResult field of what happened instead (failed / released)."""
         log = self.log.bind(run_id=run.id, attempt=run.attempt)
         request = LaunchRequest(run.id, run.attempt, run.lease_epoch)
         if self._stopping.is_set():
             return await self._release(conn, run, "dispatcher stopped")
         try:
             await self.preflight.check(conn, decode_config(run.config))
-            job = await self.launcher.launch(request)
+            return run, request, await self.launcher.launch(request)
         except SkutrainError as exc:
             return await self._fail(conn, run, exc, log)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
@@ -134,24 +143,34 @@ class Dispatcher(ListeningService):
             failure = LaunchFailed(
                 f"preparing the launch failed: {type(exc).__name__}: {redact_text(str(exc))[:500]}")
             return await self._fail(conn, run, failure, log)
-        self._crash_point("after_start", [run])
+
+    async def _record(self, conn, started) -> list[str]:
+        """Record the started jobs' launches in one commit, then open their gates; a job whose
+        launch is not recorded has its gate closed and never trains."""
+        if not started:
+            return []
         try:
-            recorded = await repository.mark_launched(conn, run.id, run.lease_epoch,
-                                                      self.launcher.name, job.external_id,
-                                                      job.identity)
-        except Exception as exc:  # noqa: BLE001
-            await self.launcher.abandon(request, job)  # its gate closes: the job never trains
-            log.warning("run.launch_not_recorded", error=redact_text(str(exc)))
-            return await self._release(conn, run, "the launch could not be recorded")
-        except BaseException:
-            await self.launcher.abandon(request, job)
-            raise
-        if not recorded:
-            await self.launcher.abandon(request, job)
-            return "released"
-        await self.launcher.release(request, job)
-        log.debug("run.launched", external_job_id=job.external_id)
-        return "launched"
+            recorded = await repository.mark_launched_batch(
+                conn, self.launcher.name,
+                [(run.id, run.lease_epoch, job.external_id, job.identity)
+                 for run, _, job in started])
+        except BaseException as exc:
+            for _, request, job in started:
+                await self.launcher.abandon(request, job)
+            if not isinstance(exc, Exception):
+                raise
+            self.log.warning("dispatcher.launches_not_recorded", error=redact_text(str(exc)))
+            return [await self._release(conn, run, "the launch could not be recorded")
+                    for run, _, _ in started]
+        outcomes = []
+        for (run, request, job), ok in zip(started, recorded):
+            if ok:
+                await self.launcher.release(request, job)
+                outcomes.append("launched")
+            else:
+                await self.launcher.abandon(request, job)
+                outcomes.append("released")
+        return outcomes
 
     async def _fail(self, conn, run, exc: SkutrainError, log) -> str:
         log.warning("run.failed", error_code=exc.code, error=exc.message)

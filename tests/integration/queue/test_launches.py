@@ -69,13 +69,13 @@ async def test_undecodable_config_fails_that_run_with_invalid_config(db_url, cat
 async def test_max_concurrent_counts_live_launches_in_the_database(db_url, catalog_conn):
     conn = catalog_conn
     launcher = NoopLauncher()
-    launcher.max_concurrent = 2
+    launcher.max_concurrent, launcher.watches_jobs = 2, True
     for i in range(5):
         await repository.insert_run(conn, f"r{i}", {})
     assert (await _tick(db_url, launcher)).launched == 2
     # a new dispatcher (a restart) still counts the two live jobs
     other = NoopLauncher()
-    other.max_concurrent = 2
+    other.max_concurrent, other.watches_jobs = 2, True
     assert (await _tick(db_url, other)).claimed == 0
     await conn.execute("UPDATE run_launches SET ended_at = now() WHERE run_id = "
                        "(SELECT min(run_id) FROM run_launches)")
