@@ -1,35 +1,36 @@
-"""Training-loop overhead: the engine against a bare PyTorch loop on the same run.
+"""Training-loop overhead: the product's training path against a bare PyTorch loop.
 
 Same tiny model (same init), data, batch plan and loss through (a) a plain loop
-(DataLoader -> forward -> loss -> backward -> clip -> AdamW) and (b) `engine.Trainer` with hooks
-that do the production hooks' kind of work: throttled progress events serialised to JSON, a
-stop flag checked before every batch, an FP16 sharded checkpoint plus resume state written to a
-LocalStorage temp dir after every epoch, on a checkpoints.BackgroundSaver thread
-(`--sync-checkpoints`: on the training thread).
+(DataLoader -> forward -> loss -> backward -> clip -> AdamW) and (b) the product's own path:
+`engine.Trainer` with the runner's `RunHooks` on a real `Attempt` (a claimed run in Postgres,
+its EventWriter thread streaming throttled progress and epoch events, heartbeats with the step)
+and its `checkpoints.BackgroundSaver` writing and verifying an FP16 sharded checkpoint plus the
+resume state to a LocalStorage temp dir after every epoch, under the attempt's prefix.
 
 The two loops run interleaved batch by batch: before each engine batch the hooks run one batch
 of the bare loop (its own model copy, optimizer and DataLoader) and time it apart. On a shared
 VM the machine's speed drifts by tens of percent within seconds, so timing the loops one after
 the other mostly measures that drift; alternating every ~50 ms cancels it. Engine time = its
-`run()` wall (or CPU) time less the bare batches run inside it and less its per-epoch
-validation (work the bare loop does not do; the hooks time the gap between an epoch's last
-batch and its checkpoint). Hooks, checkpoint writing and all of the engine's bookkeeping count.
-Target: engine / bare >= 0.97.
+`run()` wall (or CPU) time, plus the wait for the last checkpoint, less the bare batches run
+inside it and less its per-epoch validation (work the bare loop does not do; the hooks time the
+gap between an epoch's last batch and its checkpoint). Hooks, events, checkpoint writing and all
+of the engine's bookkeeping count. Target: engine / bare >= 0.97.
 
 One torch thread by default: with one thread per core (torch's default) every small op of a
 tiny model waits at a thread barrier for the other core, and when any other process holds that
 core the run slows down twenty-fold. `--threads 2` is for a machine with nothing else running.
+The database is DATABASE_URL's (or the embedded one; give it one without a dispatcher), migrated
+to head first. `--tiny` is the CI smoke size (one short run, no timing claims).
 
-    python bench/trainer_overhead.py [--repeats 3] [--epochs 2] [--threads N] [--sync-checkpoints]
+    python bench/trainer_overhead.py [--repeats 3] [--epochs 2] [--threads N] [--tiny]
 """
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -41,12 +42,18 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from db import repository  # noqa: E402
+from db.connection import resolve_database_url  # noqa: E402
+from db.migrate import upgrade  # noqa: E402
+from services.common.settings import get_settings  # noqa: E402
 from services.common.storage import LocalStorage  # noqa: E402
-from services.trainer.checkpoints import BackgroundSaver, save_epoch  # noqa: E402
+from services.trainer.checkpoints import BackgroundSaver  # noqa: E402
 from services.trainer.config import RunConfig  # noqa: E402
 from services.trainer.engine import Trainer, seed_everything  # noqa: E402
+from services.trainer.event_writer import EventWriterConfig  # noqa: E402
 from services.trainer.losses import build_loss  # noqa: E402
-from services.trainer.model import build_embedding_model, preprocessing  # noqa: E402
+from services.trainer.model import build_embedding_model  # noqa: E402
+from services.trainer.runner import Attempt, RunHooks, TrainerEnvironment  # noqa: E402
 from services.trainer.sampler import batch_plan  # noqa: E402
 
 DOMAINS = ("synthetic", "real")
@@ -75,53 +82,11 @@ def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-class ProductionLikeHooks:
-    """Throttled JSON progress events, a stop flag, sharded checkpoints each epoch (on a
-    BackgroundSaver thread, or inline with `background=False`)."""
+class InterleavingHooks(RunHooks):
+    """The runner's hooks, also running (and timing apart) one bare batch per engine batch."""
 
-    def __init__(self, storage: LocalStorage, config: RunConfig, *, background: bool = True,
-                 every_s: float = 0.5):
-        self.storage, self.config, self.every_s = storage, config, every_s
-        self.saver = BackgroundSaver() if background else None
-        self.events: list[str] = []
-        self.stop = threading.Event()
-        self._last = 0.0
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.events.append(json.dumps({"type": "epoch.started", "epoch": epoch}))
-
-    def on_batch(self, progress: dict) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            self.events.append(json.dumps({"type": "batch.progress", **progress}))
-
-    def should_stop(self) -> str | None:
-        return "cancel requested" if self.stop.is_set() else None
-
-    def save_checkpoint(self, epoch: int, model, summary: dict, resume_state: dict) -> None:
-        args = (self.storage, model, resume_state)
-        kwargs = dict(
-            run_id="bench", epoch=epoch, model_name=self.config.model,
-            preprocessing=preprocessing(self.config), label_map={},
-            metrics={"val": summary["val"]},
-            max_object_bytes=self.config.checkpoint.max_object_bytes,
-        )
-        if self.saver is not None:
-            self.saver.submit(save_epoch, *args, **kwargs)
-        else:
-            save_epoch(*args, **kwargs)
-
-    def on_epoch_end(self, summary: dict) -> None:
-        self.events.append(json.dumps({"type": "epoch.completed", **summary}))
-
-
-class InterleavingHooks(ProductionLikeHooks):
-    """Production-like hooks that also run (and time apart) one bare batch per engine batch."""
-
-    def __init__(self, storage: LocalStorage, config: RunConfig, bare: Iterator[int], *,
-                 background: bool):
-        super().__init__(storage, config, background=background)
+    def __init__(self, *args, bare: Iterator[int]):
+        super().__init__(*args)
         self.bare = bare
         self.bare_time = [0.0, 0.0]  # (wall, cpu) spent in bare batches
         self.validation = [0.0, 0.0]  # (wall, cpu) from an epoch's last batch to its checkpoint
@@ -152,6 +117,20 @@ class InterleavingHooks(ProductionLikeHooks):
         self.validation[0] += wall - self._after_last[0]
         self.validation[1] += cpu - self._after_last[1]
         super().save_checkpoint(epoch, model, summary, resume_state)
+
+
+async def _claimed_run(database_url: str, config: RunConfig) -> tuple[int, int, int]:
+    """A run inserted, claimed and launched as the dispatcher would: (id, attempt, epoch)."""
+    conn = await repository.connect(database_url)
+    try:
+        run_id = await repository.insert_run(conn, "bench-trainer-overhead",
+                                             config.model_dump(mode="json"), priority=1000)
+        (run,) = await repository.claim_runs(conn, "bench", 1, 600)  # the top priority: ours
+        assert run.id == run_id, "another queued run came first: use a database of its own"
+        await repository.mark_launched(conn, run_id, run.lease_epoch, "bench", None)
+        return run_id, run.attempt, run.lease_epoch
+    finally:
+        await conn.close()
 
 
 def make_config(epochs: int) -> RunConfig:
@@ -193,20 +172,29 @@ def bare_batches(config: RunConfig, train: SyntheticItems, model, loss) -> Itera
             yield len(labels)
 
 
-def interleaved_run(
-    config: RunConfig, train: SyntheticItems, val: SyntheticItems, *, background: bool
-) -> dict:
-    """images/s of the bare loop and of the engine, by wall clock and by CPU time."""
+def interleaved_run(config: RunConfig, train: SyntheticItems, val: SyntheticItems,
+                    database_url: str) -> dict:
+    """images/s of the bare loop and of the product's path, by wall clock and by CPU time."""
     bare = bare_batches(config, train, *build(config, train))
     model, loss = build(config, train)
     with tempfile.TemporaryDirectory() as tmp:
-        hooks = InterleavingHooks(LocalStorage(Path(tmp)), config, bare, background=background)
-        trainer = Trainer(model, loss, train, val, config, device="cpu", hooks=hooks)
-        wall, cpu = _clocks()
-        result = trainer.run()
-        if hooks.saver is not None:
-            hooks.saver.wait()  # the last checkpoint's upload counts too
-        wall, cpu = (end - start for end, start in zip(_clocks(), (wall, cpu)))
+        env = TrainerEnvironment(
+            database_url=database_url, storage=LocalStorage(Path(tmp)), cache_dir=Path(tmp),
+            device="cpu", writer=EventWriterConfig(heartbeat_interval=1.0, lease_seconds=60))
+        current = Attempt(env, *asyncio.run(_claimed_run(database_url, config)))
+        current.writer.start()
+        try:
+            assert current.load_run() is not None and current.start({"bench": True})
+            saver = BackgroundSaver()
+            hooks = InterleavingHooks(current, env, config, {}, {}, saver, None, bare=bare)
+            trainer = Trainer(model, loss, train, val, config, device="cpu", hooks=hooks)
+            wall, cpu = _clocks()
+            with saver:  # the last checkpoint's upload counts too
+                result = trainer.run()
+            wall, cpu = (end - start for end, start in zip(_clocks(), (wall, cpu)))
+            current.finish("cancelled", payload={"reason": "benchmark done"})
+        finally:
+            current.writer.close()
     images = sum(e["num_batches"] for e in result.epochs) * config.training.batch_size
     engine_wall = wall - hooks.bare_time[0] - hooks.validation[0]
     engine_cpu = cpu - hooks.bare_time[1] - hooks.validation[1]
@@ -222,22 +210,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: see the module docstring)")
-    parser.add_argument("--sync-checkpoints", action="store_true",
-                        help="save checkpoints on the training thread, not a BackgroundSaver")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CI smoke size: one run of one short epoch, no warm-up")
     args = parser.parse_args()
-    background = not args.sync_checkpoints
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = make_config(args.epochs)
-    train = SyntheticItems(160, 8, 56, seed=0)  # 1280 images: 40 batches of 8 x 4 per epoch
+    database_url = resolve_database_url(get_settings())
+    upgrade(database_url)
+    labels, repeats, epochs = (16, 1, 1) if args.tiny else (160, args.repeats, args.epochs)
+    config = make_config(epochs)
+    train = SyntheticItems(labels, 8, 56, seed=0)  # 160 labels: 40 batches of 8 x 4 per epoch
     val = SyntheticItems(16, 4, 56, seed=1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(train)} train "
-          f"images, {args.epochs} epochs per run, batch 32 (8 x 4) at 56 px, tiny-dinov2, "
-          f"checkpoints {'in the background' if background else 'inline'}")
-    interleaved_run(make_config(1), train, val, background=background)  # warm-up
+          f"images, {epochs} epochs per run, batch 32 (8 x 4) at 56 px, tiny-dinov2, the "
+          "runner's hooks (events to Postgres, checkpoints on its BackgroundSaver)")
+    if not args.tiny:
+        interleaved_run(make_config(1), train, val, database_url)  # warm-up
     runs = []
-    for i in range(args.repeats):
-        r = interleaved_run(config, train, val, background=background)
+    for i in range(repeats):
+        r = interleaved_run(config, train, val, database_url)
         runs.append(r)
         print(f"  run {i + 1}: bare {r['bare_wall']:6.1f} img/s ({r['bare_cpu']:6.1f} per CPU-s) | "
               f"engine {r['engine_wall']:6.1f} img/s ({r['engine_cpu']:6.1f} per CPU-s) | "
