@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,7 +51,7 @@ def create_app(database_url: str, auth: TokenAuth, *, stream_poll: float = 0.5,
         finally:
             await app.state.pool.close()
 
-    app = FastAPI(title="skutrain", version="1", lifespan=lifespan,
+    app = FastAPI(title="skutrain", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Training runs, checkpoints and trained models of skutrain.")
     app.state.auth = auth
     app.state.stream_poll = stream_poll
@@ -87,6 +88,15 @@ def create_app(database_url: str, auth: TokenAuth, *, stream_poll: float = 0.5,
             return _error(409, f"already exists: {exc.detail or exc}")
         log.error("api.database_error", sqlstate=sqlstate, error_type=type(exc).__name__)
         return _error(500, "database error; see the server log")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs():
+        """Swagger UI over /openapi.json, from the vendored copy (no CDN)."""
+        vendor = "/static/vendor/swagger-ui"
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="skutrain API",
+                                   swagger_js_url=f"{vendor}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{vendor}/swagger-ui.css",
+                                   swagger_favicon_url=f"{vendor}/favicon-32x32.png")
 
     app.include_router(routes.reads)
     app.include_router(routes.writes)

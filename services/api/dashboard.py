@@ -54,8 +54,10 @@ def run_view(row: dict, latest_epoch: dict | None) -> dict:
     """What a runs-list row shows."""
     total = row.get("total_epochs") or row.get("config_epochs") or DEFAULT_EPOCHS
     latest = latest_epoch or {}
-    return {**row, "total": total,
-            "epoch_percent": round(100 * min(row["current_epoch"] / total, 1)) if total else 0,
+    # a completed run that stopped early is done: its bar is full
+    stopped_early = row["status"] == "completed" and row["current_epoch"] < total
+    return {**row, "total": total, "stopped_early": stopped_early,
+            "epoch_percent": 100 if stopped_early else round(100 * min(row["current_epoch"] / total, 1)),
             "latest_loss": (latest.get("loss") or {}).get("total"),
             "latest_r1": (latest.get("val") or {}).get("recall_at_1"),
             "final": row["status"] in FINAL_STATUSES}

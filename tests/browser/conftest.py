@@ -44,12 +44,17 @@ async def site(db_url):
 
 @pytest.fixture
 async def page(browser, site):
-    """A page logged in to the dashboard (the token travels in the URL fragment, never sent)."""
+    """A page logged in to the dashboard (the token travels in the URL fragment, never sent).
+    Every asset must come from the dashboard itself: a request elsewhere fails the test."""
     page = browser.pages[0] if browser.pages else await browser.new_page()
     page.base = site
+    elsewhere = []
+    page.on("request", lambda request: None if request.url.startswith((site, "data:"))
+            else elsewhere.append(request.url))
     await page.goto(f"{site}/login#token={TOKEN}")
     await page.wait_for_url(f"{site}/")
-    return page
+    yield page
+    assert not elsewhere, f"the page fetched from outside the server: {elsewhere}"
 
 
 async def screenshot(page, name: str) -> Path:

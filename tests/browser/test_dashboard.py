@@ -125,3 +125,9 @@ async def test_a_failed_run_shows_its_error_and_can_be_resumed(page, conn):
     await page.click("[data-action=resume]")
     await page.locator(".badge-queued").wait_for()  # the page follows the run's events
     assert (await repository.get_run(conn, run_id))["status"] == "queued"
+
+
+async def test_the_openapi_page_renders_from_the_package(page):
+    await page.click("header nav >> text=API")
+    await page.locator(".swagger-ui [data-path='/api/v1/training/runs']").first.wait_for()
+    assert await page.locator(".swagger-ui .opblock").count() >= 14
