@@ -7,6 +7,7 @@ reads another in-flight run's epoch (it may read in-flight run rows) could still
 what stops that is an unguessable per-attempt lease token, not a database role."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -14,23 +15,33 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from db import repository
+from services.catalog.generate import generate_catalog
 from services.common.errors import LeaseLost
+from services.common.storage import S3Options, S3Storage, s3_client
+from services.trainer.event_writer import EventWriterConfig
+from services.trainer.runner import TrainerEnvironment, run_attempt
+from tests.integration.data.conftest import s3_endpoint  # noqa: F401  (the moto S3 server)
 
 LEASE = 60.0
 
 
 @pytest.fixture
-async def worker_conn(db_url, conn):
-    """A connection as a fresh login role granted skutrain_trainer (what README tells a
-    deployment to create for its workers)."""
+async def worker_url(db_url, conn):
+    """The URL of a fresh login role granted skutrain_trainer (what README tells a deployment
+    to create for its workers)."""
     name, password = f"worker_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE skutrain_trainer")
-    url = make_url(db_url).set(username=name, password=password)
-    worker = await repository.connect(url.render_as_string(hide_password=False))
-    yield worker
-    await worker.close()
+    yield make_url(db_url).set(username=name, password=password).render_as_string(
+        hide_password=False)
     await conn.execute(f"DROP OWNED BY {name}")
     await conn.execute(f"DROP ROLE {name}")
+
+
+@pytest.fixture
+async def worker_conn(worker_url):
+    worker = await repository.connect(worker_url)
+    yield worker
+    await worker.close()
 
 
 async def _claim(conn, run_id: int) -> int:
@@ -123,7 +134,7 @@ async def test_the_fence_keeps_the_trainer_off_other_runs(runs, worker_conn):
     assert (await repository.get_run(admin, runs["queued"]))["status"] == "queued"
 
 
-@pytest.mark.parametrize("statement", [
+REFUSED = [
     "UPDATE training_runs SET status = 'failed'",
     "UPDATE training_runs SET config = '{{}}' WHERE id = {other}",
     "DELETE FROM training_runs WHERE id = {done}",
@@ -144,12 +155,15 @@ async def test_the_fence_keeps_the_trainer_off_other_runs(runs, worker_conn):
     "SELECT * FROM claim_runs('rogue', 10, 60)",
     "SELECT request_delete({done}, true)",
     "CREATE TABLE loot (x int)",
-])
-async def test_anything_else_is_refused(runs, worker_conn, statement):
+]
+
+
+async def test_anything_else_is_refused(runs, worker_conn):
     ids = {"held": runs["held"][0], "other": runs["other"][0], "done": runs["done"]}
-    with pytest.raises(asyncpg.PostgresError) as err:
-        await worker_conn.execute(statement.format(**ids))
-    assert err.value.sqlstate == "42501", err.value  # insufficient_privilege
+    for statement in REFUSED:
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await worker_conn.execute(statement.format(**ids))
+        assert err.value.sqlstate == "42501", (statement, err.value)  # insufficient_privilege
 
 
 async def test_finished_queued_and_other_runs_data_is_out_of_sight(runs, worker_conn):
@@ -168,3 +182,38 @@ async def test_finished_queued_and_other_runs_data_is_out_of_sight(runs, worker_
     assert err.value.sqlstate == "42501"
     visible = {r["id"] for r in await worker.fetch("SELECT id FROM training_runs")}
     assert held in visible and not visible & {done, queued}
+
+
+@pytest.mark.slow
+async def test_a_real_attempt_as_the_trainer_role_with_s3_checkpoints(conn, worker_url, s3_endpoint,
+                                                                      tmp_path):
+    """run_attempt, the code a RunPod worker runs, logged in as the trainer role, its catalog
+    and checkpoints in S3 (moto) under a 1 MB per-object limit."""
+    bucket, limit = f"b-{uuid.uuid4().hex[:12]}", 1_000_000
+    client = s3_client(endpoint_url=s3_endpoint, region="us-east-1", access_key_id="k",
+                       secret_access_key="s", addressing_style="path")
+    storage = S3Storage(client, S3Options(bucket=bucket, max_object_bytes=limit))
+    products = await asyncio.to_thread(generate_catalog, storage, 12, 6, seed=3, image_size=48)
+    await repository.insert_catalog(conn, products)
+    run_id = await repository.insert_run(conn, "as-trainer", {
+        "model": "tiny-dinov2", "checkpoint": {"max_object_bytes": limit},
+        "training": {"epochs": 2, "batch_size": 16, "image_size": 32, "embedding_dim": 32,
+                     "num_workers": 0, "early_stopping": {"enabled": False}},
+        "sampler": {"p": 4, "k": 4}})
+    [claimed] = await repository.claim_runs(conn, "dispatcher-1", 1, LEASE)
+    assert await repository.mark_launched(conn, run_id, claimed.lease_epoch, "test", None)
+
+    env = TrainerEnvironment(
+        database_url=worker_url, storage=storage, cache_dir=tmp_path / "cache", device="cpu",
+        progress_interval=0,
+        writer=EventWriterConfig(flush_interval=0.05, heartbeat_interval=0.2, lease_seconds=30))
+    status = await asyncio.to_thread(run_attempt, env, run_id, claimed.attempt,
+                                     claimed.lease_epoch)
+    run = await repository.get_run(conn, run_id)
+    assert status == "completed", run["error_message"]
+    assert run["status"] == "completed" and run["best_checkpoint_id"] is not None
+    assert len(await repository.run_checkpoints(conn, run_id)) == 2
+    assert len(await repository.run_evaluations(conn, run_id)) == 1
+    objects = list(storage.list("checkpoints", f"runs/{run['run_uuid']}/"))
+    assert objects and all(storage.size(o) <= limit for o in objects)
+    assert list((tmp_path / "cache" / "decoded").rglob("*.npy"))  # decoded once, reused
