@@ -51,3 +51,17 @@ async def test_updates_are_held_to_the_same_limits(conn):
 async def test_run_names_have_a_length(conn, name):
     with pytest.raises(asyncpg.CheckViolationError, match="ck_training_runs_name_length"):
         await conn.fetchval(INSERT, name, "{}")
+
+
+async def test_stored_error_messages_are_redacted_and_capped(conn):
+    from db import repository
+    from services.common.logging import MAX_TEXT
+
+    await conn.fetchval(INSERT, "r", "{}")
+    [run] = await repository.claim_runs(conn, "test", 1, 60)
+    message = "postgresql://u:hunter2@h/db " + "x" * 100_000
+    assert await repository.finish_run(conn, run.id, run.lease_epoch, "failed",
+                                       error_code="launch_failed", error_message=message)
+    stored = await conn.fetchval("SELECT error_message FROM training_runs WHERE id = $1", run.id)
+    assert len(stored) < MAX_TEXT + 40 and stored.endswith("characters]")
+    assert "hunter2" not in stored
