@@ -12,7 +12,7 @@ COPY alembic ./alembic
 COPY db ./db
 COPY services ./services
 RUN pip install -e . \
- && useradd --create-home --uid 1000 skutrain \
+ && useradd --create-home skutrain \
  && mkdir -p /data && chown skutrain /data
 
 USER skutrain
