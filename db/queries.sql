@@ -170,6 +170,13 @@ SELECT DISTINCT i.label, p.product_name
   FROM run_images i JOIN products p ON p.id = i.product_id
  WHERE i.run_id = $1 AND i.label = i.product_id::text;
 
+-- name: api_run_checkpoints
+-- A run's checkpoints, by epoch and attempt, with whether they are being deleted.
+SELECT id, attempt, epoch, manifest_url, size_bytes, shard_count, train_loss, val_loss,
+       val_recall_at_1, val_recall_at_5, val_recall_at_10, val_map, metrics, is_best,
+       delete_requested_at, created_at
+  FROM checkpoints WHERE run_id = $1 ORDER BY epoch, attempt;
+
 -- name: api_latest_epochs
 -- The last epoch.completed payload of each of the runs $1 (latest loss and val metrics).
 SELECT DISTINCT ON (run_id) run_id, payload

@@ -236,6 +236,11 @@ async def run_label_names(conn, run_id: int) -> dict[str, str]:
             for r in await conn.fetch(QUERIES["api_run_label_names"], run_id)}
 
 
+async def run_checkpoints_for_api(conn, run_id: int) -> list[asyncpg.Record]:
+    """Every checkpoint row of a run, those being deleted included (delete_requested_at)."""
+    return await conn.fetch(QUERIES["api_run_checkpoints"], run_id)
+
+
 async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
     """run id -> payload of its last epoch.completed event."""
     rows = await conn.fetch(QUERIES["api_latest_epochs"], list(run_ids))

@@ -107,7 +107,7 @@ async def run_page(request: Request, run_id: int):
             response.status_code = 404
             return response
         run = dict(row)
-        checkpoints = [dict(r) for r in await repository.run_checkpoints(conn, run_id)]
+        checkpoints = [dict(r) for r in await repository.run_checkpoints_for_api(conn, run_id)]
         evaluations = await evaluations_with_names(conn, run_id)
         linked = [dict(r) for r in await repository.run_linked_models(conn, run_id)]
         latest = (await repository.latest_epochs(conn, [run_id])).get(run_id)

@@ -129,7 +129,7 @@ async def resume_run(request: Request, run_id: int):
 async def run_checkpoints(request: Request, run_id: int):
     async with _pool(request).acquire() as conn:
         await _run_or_404(conn, run_id)
-        return _json([dict(r) for r in await repository.run_checkpoints(conn, run_id)])
+        return _json([dict(r) for r in await repository.run_checkpoints_for_api(conn, run_id)])
 
 
 @reads.get("/runs/{run_id}/evaluations")
@@ -213,6 +213,15 @@ async def register_model(request: Request, checkpoint_id: int, body: ModelRegist
     async with _pool(request).acquire() as conn:
         model_id = await repository.register_model(conn, checkpoint_id, body.name)
     return {"id": model_id, "name": body.name, "checkpoint_id": checkpoint_id}
+
+
+@writes.delete("/checkpoints/{checkpoint_id}")
+async def delete_checkpoint(request: Request, checkpoint_id: int, force: bool = False):
+    """Delete one checkpoint (request_checkpoint_delete: the row and its stored files). Refused
+    with 409 while a trained model links to it, unless `force`."""
+    async with _pool(request).acquire() as conn:
+        status = await repository.request_checkpoint_delete(conn, checkpoint_id, force)
+    return {"checkpoint_id": checkpoint_id, "status": status}
 
 
 @reads.get("/models")

@@ -52,7 +52,19 @@
     if (button.dataset.action === "cancel") runAction(runId, "cancel", button);
     else if (button.dataset.action === "resume") runAction(runId, "resume", button);
     else if (button.dataset.action === "delete") openDelete(runId, button.dataset.name);
+    else if (button.dataset.action === "delete-checkpoint") deleteCheckpoint(button);
   });
+
+  async function deleteCheckpoint(button) {
+    const id = button.dataset.checkpointId;
+    if (!confirm(`Delete the checkpoint of epoch ${button.dataset.epoch} (its files and its row)?`)) return;
+    let result = await api("DELETE", `/checkpoints/${id}`);
+    if (result.status === 409 && confirm(`${result.data.message}\n\nForce: delete it together with those models?`)) {
+      result = await api("DELETE", `/checkpoints/${id}?force=true`);
+    }
+    if (result.ok) { notice(`checkpoint of epoch ${button.dataset.epoch}: delete requested`); scheduleReload(); }
+    else if (result.status !== 401 && result.status !== 409) notice(result.data.message || "delete failed", true);
+  }
 
   async function runAction(runId, action, button) {
     button.disabled = true;

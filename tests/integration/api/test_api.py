@@ -238,3 +238,20 @@ async def test_openapi_and_config_schema_are_served(api):
                  "/api/v1/training/checkpoints/{checkpoint_id}/register"):
         assert path in paths
     assert not any(p.startswith("/ui/") or p == "/login" for p in paths)
+
+
+async def test_delete_a_checkpoint_refused_while_linked_then_forced(api, catalog_conn):
+    conn, auth = catalog_conn, api.auth_headers
+    run_id, ckpt = await _trained(conn, "ckpts", [0.5, 0.6], 0.5)
+    await repository.register_model(conn, ckpt[2], "uses-epoch-2")
+    plain = await api.delete(f"/checkpoints/{ckpt[1]}", headers=auth)
+    assert plain.json() == {"checkpoint_id": ckpt[1], "status": "delete_requested"}
+    refused = await api.delete(f"/checkpoints/{ckpt[2]}", headers=auth)
+    assert refused.status_code == 409 and "uses-epoch-2" in refused.json()["message"]
+    listed = {c["epoch"]: c["delete_requested_at"] for c in
+              (await api.get(f"/runs/{run_id}/checkpoints")).json()}
+    assert listed[1] is not None and listed[2] is None
+    forced = await api.delete(f"/checkpoints/{ckpt[2]}", params={"force": "true"}, headers=auth)
+    assert forced.status_code == 200
+    assert await conn.fetchval("SELECT count(*) FROM trained_models") == 0
+    assert (await api.delete("/checkpoints/999999", headers=auth)).status_code == 404
