@@ -90,8 +90,8 @@ DROP FUNCTION IF EXISTS recover_attempt(bigint, bigint, text, text, int);
 DROP FUNCTION IF EXISTS request_resume(bigint);
 DROP FUNCTION IF EXISTS queue_resume(bigint, text);
 DROP FUNCTION IF EXISTS remaining_epochs(int, int);
-DROP FUNCTION IF EXISTS mark_launched_batch(bigint[], bigint[], text, text[], jsonb[]);
 DROP FUNCTION IF EXISTS mark_launched(bigint, bigint, text, text, jsonb);
+DROP FUNCTION IF EXISTS mark_launched_batch(bigint[], bigint[], text, text[], jsonb[]);
 DROP FUNCTION IF EXISTS lock_run_events(bigint);
 
 -- Record a launch once per (run, attempt); fenced on the lease epoch.

@@ -205,51 +205,50 @@ $$;
 -- Launches. A job is started held at a gate; mark_launched records what identifies it and emits
 -- run.launched; only then is the job let go, so run.launched precedes the trainer's first event.
 DROP FUNCTION mark_launched(bigint, bigint, text, text);
-CREATE FUNCTION mark_launched(p_run_id bigint, p_lease_epoch bigint, p_launcher text,
-                              p_external_job_id text, p_identity jsonb DEFAULT '{}'::jsonb)
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-  v_attempt int;
-  v_owner text;
-BEGIN
-  PERFORM lock_run_events(p_run_id);
-  UPDATE training_runs
-     SET launcher = p_launcher, external_job_id = p_external_job_id,
-         launched_attempt = attempt, updated_at = now()
-   WHERE id = p_run_id AND lease_epoch = p_lease_epoch
-     AND status IN ('claimed', 'running')
-     AND launched_attempt IS DISTINCT FROM attempt
-  RETURNING attempt, lease_owner INTO v_attempt, v_owner;
-  IF NOT FOUND THEN
-    RETURN false;
-  END IF;
-  INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, owner, external_job_id,
-                            identity, launched_at)
-  VALUES (p_run_id, v_attempt, p_lease_epoch, p_launcher, v_owner, p_external_job_id,
-          coalesce(p_identity, '{}'::jsonb), now());
-  PERFORM emit_run_event(p_run_id, 'run.launched',
-    jsonb_build_object('launcher', p_launcher, 'external_job_id', p_external_job_id));
-  RETURN true;
-END $$;
 
--- Record a dispatcher batch's launches in one statement and one commit. Every run's event lock
--- is taken first, in id order, before anything gives the transaction an xid, so the batch
--- cannot reorder any run's events; the jobs are still held at their gates. Returns, per run,
--- whether its launch was recorded (false: fenced out or already launched).
+-- Record launches (once per attempt, fenced on lease_epoch) with what identifies each job, and
+-- emit run.launched; one set-based statement for a dispatcher's whole batch, one commit. Every
+-- run's event lock is taken first, in id order, before anything gives the transaction an xid,
+-- so a batch cannot reorder any run's events. Returns, per run, whether its launch was recorded.
 CREATE FUNCTION mark_launched_batch(p_run_ids bigint[], p_lease_epochs bigint[], p_launcher text,
                                     p_external_job_ids text[], p_identities jsonb[])
 RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
-  v_recorded boolean[] := '{}';
-  i int;
+  v_recorded boolean[];
 BEGIN
   PERFORM lock_run_events(id) FROM unnest(p_run_ids) AS id ORDER BY id;
-  FOR i IN 1 .. coalesce(array_length(p_run_ids, 1), 0) LOOP
-    v_recorded := v_recorded || mark_launched(p_run_ids[i], p_lease_epochs[i], p_launcher,
-                                              p_external_job_ids[i], p_identities[i]);
-  END LOOP;
-  RETURN v_recorded;
+  WITH input AS (
+    SELECT * FROM unnest(p_run_ids, p_lease_epochs, p_external_job_ids, p_identities)
+      WITH ORDINALITY AS t(run_id, lease_epoch, job_id, identity, n)
+  ), marked AS (
+    UPDATE training_runs r
+       SET launcher = p_launcher, external_job_id = i.job_id, launched_attempt = r.attempt,
+           event_seq = r.event_seq + 1, updated_at = now()
+      FROM input i
+     WHERE r.id = i.run_id AND r.lease_epoch = i.lease_epoch
+       AND r.status IN ('claimed', 'running') AND r.launched_attempt IS DISTINCT FROM r.attempt
+    RETURNING r.id, r.attempt, r.event_seq, r.lease_owner, i.lease_epoch, i.job_id, i.identity
+  ), launches AS (
+    INSERT INTO run_launches (run_id, attempt, lease_epoch, launcher, owner, external_job_id,
+                              identity, launched_at)
+    SELECT id, attempt, lease_epoch, p_launcher, lease_owner, job_id,
+           coalesce(identity, '{}'::jsonb), now() FROM marked
+  ), events AS (
+    INSERT INTO training_events (run_id, attempt, seq, type, payload)
+    SELECT id, attempt, event_seq, 'run.launched',
+           jsonb_build_object('launcher', p_launcher, 'external_job_id', job_id) FROM marked
+  )
+  SELECT array_agg(m.id IS NOT NULL ORDER BY i.n) INTO v_recorded
+    FROM input i LEFT JOIN marked m ON m.id = i.run_id;
+  RETURN coalesce(v_recorded, '{}');
 END $$;
+
+CREATE FUNCTION mark_launched(p_run_id bigint, p_lease_epoch bigint, p_launcher text,
+                              p_external_job_id text, p_identity jsonb DEFAULT '{}'::jsonb)
+RETURNS boolean LANGUAGE sql AS $$
+  SELECT (mark_launched_batch(ARRAY[p_run_id], ARRAY[p_lease_epoch], p_launcher,
+                              ARRAY[p_external_job_id], ARRAY[p_identity]))[1]
+$$;
 
 -- Remaining epochs when a run resumes after its checkpoint of `p_last_completed_epoch`.
 CREATE FUNCTION remaining_epochs(p_total_epochs int, p_last_completed_epoch int)
