@@ -248,8 +248,13 @@ class S3Storage:
             raise StorageError(f"object not found: {ref.url}") from exc
 
     def delete(self, ref: ObjectRef) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         bucket, key = self._location(ref.bucket, ref.key)
-        self.client.delete_object(Bucket=bucket, Key=key)
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"could not delete {ref.url}: {exc}") from exc
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectRef]:
         physical, physical_prefix = self._location(bucket, prefix)

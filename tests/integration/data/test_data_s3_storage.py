@@ -199,3 +199,14 @@ def test_local_storage_enforces_the_same_limit(tmp_path):
     with pytest.raises(ObjectTooLarge):
         storage.put(ObjectRef("b", "big"), b"0123456789!")
     assert [r.key for r in storage.list("b", "")] == ["ok"]
+
+
+def test_endless_5xx_on_delete_is_a_storage_error(flaky_s3, bucket):
+    storage = S3Storage(_client(flaky_s3.url, max_attempts=2), S3Options(max_attempts=2))
+    ref = ObjectRef(bucket, "kept.bin")
+    storage.put(ref, b"1")
+    flaky_s3.methods, flaky_s3.failures = {"DELETE"}, 100
+    with pytest.raises(StorageError, match="could not delete"):
+        storage.delete(ref)
+    flaky_s3.failures = 0
+    assert storage.get(ref) == b"1"
