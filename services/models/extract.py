@@ -113,6 +113,21 @@ def points(model_id: int, images: Sequence[LocalImage], embeddings: torch.Tensor
     return out
 
 
+def upsert_embeddings(client: QdrantClient, registered: RegisteredModel,
+                      images: Sequence[LocalImage], info: dict[int, Any],
+                      image_ids: dict[tuple[int, str], int], *, device: torch.device,
+                      progress: Callable[[int, int], None] | None = None) -> None:
+    """Embed and upsert `images` in steps of UPSERT_IMAGES (the collection is created first)."""
+    ensure_collection(client, registered.collection, registered.model.embedding_dim)
+    for start in range(0, len(images), UPSERT_IMAGES):
+        batch = images[start:start + UPSERT_IMAGES]
+        embeddings = embed_images(registered.model, batch, registered.config, device=device)
+        client.upsert(registered.collection,
+                      points=points(registered.id, batch, embeddings, info, image_ids))
+        if progress is not None:
+            progress(start + len(batch), len(images))
+
+
 @dataclass
 class ExtractionReport:
     collection: str
@@ -144,14 +159,7 @@ async def extract(conn, model_id: int, *, storage: Storage, client: QdrantClient
     info = {p["id"]: p for p in products}
     image_ids = {(r["product_id"], r["url"]): r["id"] for r in rows}
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ensure_collection(client, registered.collection, registered.model.embedding_dim)
-    for start in range(0, len(images), UPSERT_IMAGES):
-        batch = images[start:start + UPSERT_IMAGES]
-        embeddings = await asyncio.to_thread(embed_images, registered.model, batch,
-                                             registered.config, device=device)
-        client.upsert(registered.collection,
-                      points=points(model_id, batch, embeddings, info, image_ids))
-        if progress is not None:
-            progress(start + len(batch), len(images))
+    await asyncio.to_thread(upsert_embeddings, client, registered, images, info, image_ids,
+                            device=device, progress=progress)
     return ExtractionReport(registered.collection, len(images), len(records) - len(images),
                             len({i.record.product_id for i in images}))

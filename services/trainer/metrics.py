@@ -41,7 +41,7 @@ SYNTHETIC_DOMAINS = ("synthetic",)
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries one rank_and_score call may hold
 CHUNK_BYTES_PER_PAIR = 8  # a chunk's float32 similarity plus transient masks, per (query, item)
 SORT_BYTES_PER_PAIR = 48  # a full-row fallback: copy, sorted values + indices, hits, cumsums
-MIN_SHORTLIST = 64
+MIN_SHORTLIST = 64  # measured on 100k galleries: longer shortlists cost more than the fallbacks
 
 
 def calc_cmc(hits: torch.Tensor, k_values: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -88,6 +88,8 @@ def _codes(*columns: Sequence[Hashable] | torch.Tensor) -> tuple[list[torch.Tens
     and the vocabulary size."""
     if all(isinstance(c, torch.Tensor) for c in columns):
         flat = torch.cat([c.long().reshape(-1).cpu() for c in columns])
+        if flat.numel() and 0 <= int(flat.min()) and int(flat.max()) < 2 * flat.numel():
+            return [c.long().reshape(-1).cpu() for c in columns], int(flat.max()) + 1  # dense
         vocab, inverse = torch.unique(flat, return_inverse=True)
         return list(inverse.split([len(c) for c in columns])), len(vocab)
     vocab: dict[Any, int] = {}
