@@ -1,8 +1,11 @@
 """run_attempt against a real Postgres and a local storage, in-process (no dispatcher): a failed
-checkpoint upload, a refused resume, and a resumed run that ends exactly like an uninterrupted
-one."""
+checkpoint upload, a refused resume, a resumed run that ends exactly like an uninterrupted one,
+and a cancel during the data download."""
 import asyncio
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -132,3 +135,57 @@ async def test_failed_upload_then_refused_and_exact_resume(conn, db_url, storage
     assert next(c for c in ckpts if c["is_best"])["epoch"] == straight_best["epoch"]
     for c in ckpts:  # each attempt wrote under its own prefix
         assert f"/runs/{row['run_uuid']}/attempt-{c['attempt']}/" in c["manifest_url"]
+
+
+class StalledImageServer:
+    """A loopback HTTP server whose every image request hangs until `release()`."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.released = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requested.set()
+                server.released.wait(60)
+                self.send_error(503)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def release(self):
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def test_cancel_during_the_download_ends_the_run_at_once(conn, db_url, tmp_path):
+    server = StalledImageServer()
+    try:
+        await repository.insert_catalog(conn, [
+            {"barcode": f"869{i:07d}", "product_name": f"P{i}", "brand_name": "B",
+             "category": "C", "frames_path": None, "frame_count": 0,
+             "images": [{"url": f"{server.url}/p{i}/{j}.jpg", "domain": "real",
+                         "frame_index": None, "source_key": f"p{i}-{j}"} for j in range(8)]}
+            for i in range(12)])
+        config = {**CONFIG, "image_config": {"image_types": ["real"]}}
+        run_id, attempt, epoch = await _queue_and_claim(conn, config)
+        env = _env(LocalStorage(tmp_path / "storage"), tmp_path, db_url)
+        task = asyncio.create_task(asyncio.to_thread(run_attempt, env, run_id, attempt, epoch))
+        assert await asyncio.to_thread(server.requested.wait, 60)  # the download is under way
+        assert await repository.request_cancel(conn, run_id) == "running"
+        cancelled_at = time.monotonic()
+        assert await asyncio.wait_for(task, 30) == "cancelled"
+        assert time.monotonic() - cancelled_at < 5  # not after the (hanging) download
+    finally:
+        server.release()
+    row = await repository.get_run(conn, run_id)
+    assert row["status"] == "cancelled"
+    types = [e["type"] for e in await repository.run_events(conn, run_id)]
+    assert "data.prepared" not in types and types[-1] == "run.cancelled"
