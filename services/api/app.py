@@ -22,16 +22,17 @@ from db import repository
 from services.api import dashboard, routes
 from services.api.auth import TokenAuth
 from services.common.errors import SkutrainError
-from services.common.logging import get_logger
+from services.common.logging import cap_text, get_logger
 
 REFUSED_SQLSTATE = "SK010"
 NOT_FOUND_SQLSTATE = "P0002"
 UNIQUE_VIOLATION_SQLSTATE = "23505"
 STATIC_DIR = Path(__file__).with_name("static")
+MAX_BODY_BYTES = 1_000_000
 # Domain errors the repository raises for the SQL guards' refusals (SK010) and missing rows.
 _DOMAIN_STATUS = {"refused": 409, "not_found": 404, "invalid_config": 422}
-_ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                409: "conflict", 422: "invalid_request"}
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                409: "conflict", 413: "too_large", 422: "invalid_request"}
 
 log = get_logger("api")
 
@@ -63,9 +64,19 @@ def create_app(database_url: str, auth: TokenAuth, *, stream_poll: float = 0.5,
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
-                   "message": err["msg"]} for err in exc.errors()]
+        errors = [{"field": cap_text(".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
+                                     routes.MAX_ERROR_TEXT),
+                   "message": cap_text(err["msg"], routes.MAX_ERROR_TEXT)}
+                  for err in exc.errors()[:routes.MAX_ERRORS]]
         return routes.FieldErrors("invalid_request", errors).response()
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        """Refuse a body over MAX_BODY_BYTES before reading it (a run config is a few kB)."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -12,11 +12,13 @@ from pydantic import BaseModel, Field, ValidationError
 from db import repository
 from services.api.auth import require_read, require_write
 from services.api.stream import event_stream, parse_event_id
+from services.common.logging import cap_text
 from services.trainer.config import RunConfig, config_json_schema
 
 API_PREFIX = "/api/v1/training"
 RUN_STATUSES = ("queued", "claimed", "running", "completed", "failed", "cancelled")
 COMPARE_MIN, COMPARE_MAX = 2, 5
+MAX_ERRORS, MAX_ERROR_TEXT = 20, 300
 
 reads = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_read)])
 writes = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_write)])
@@ -46,8 +48,11 @@ class FieldErrors(Exception):
 
 
 def pydantic_field_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in (*prefix, *err["loc"])),
-             "message": err["msg"].removeprefix("Value error, ")} for err in exc.errors()]
+    """One {field, message} per problem, capped in number and length (a megabyte key must not
+    make a megabyte answer)."""
+    return [{"field": cap_text(".".join(str(p) for p in (*prefix, *err["loc"])), MAX_ERROR_TEXT),
+             "message": cap_text(err["msg"].removeprefix("Value error, "), MAX_ERROR_TEXT)}
+            for err in exc.errors(include_input=False, include_url=False)[:MAX_ERRORS]]
 
 
 def _pool(request: Request):
@@ -91,6 +96,9 @@ async def create_run(request: Request, body: RunCreate):
         RunConfig.model_validate(body.config)
     except ValidationError as exc:
         raise FieldErrors("invalid_config", pydantic_field_errors(exc, ("config",))) from exc
+    except RecursionError:
+        raise FieldErrors("invalid_config", [{"field": "config",
+                                              "message": "nested too deeply to read"}]) from None
     async with _pool(request).acquire() as conn:
         run_id = await repository.insert_run(conn, body.name, body.config, body.priority)
         return _json(await _run_or_404(conn, run_id))

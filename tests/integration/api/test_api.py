@@ -255,3 +255,18 @@ async def test_delete_a_checkpoint_refused_while_linked_then_forced(api, catalog
     assert forced.status_code == 200
     assert await conn.fetchval("SELECT count(*) FROM trained_models") == 0
     assert (await api.delete("/checkpoints/999999", headers=auth)).status_code == 404
+
+
+async def test_oversized_and_hostile_bodies_get_short_answers(api, conn):
+    huge = await api.post("/runs", headers={**api.auth_headers, "Content-Type": "application/json"},
+                          content=b'{"name": "x", "config": {"' + b"k" * 2_000_000 + b'": 1}}')
+    assert huge.status_code == 413 and huge.json()["error_code"] == "too_large"
+    many = {f"unknown_{i}_{'x' * 5000}": i for i in range(100)}
+    response = await api.post("/runs", json={"name": "x", "config": many}, headers=api.auth_headers)
+    assert response.status_code == 422 and len(response.json()["errors"]) == 20
+    assert len(response.content) < 20_000
+    nested = await api.post("/runs", content=b'{"name": "x", "config": {"d": ' + b"[" * 20000
+                            + b"]" * 20000 + b"}}",
+                            headers={**api.auth_headers, "Content-Type": "application/json"})
+    assert nested.status_code == 400 and nested.json()["error_code"] == "bad_request"
+    assert await conn.fetchval("SELECT count(*) FROM training_runs") == 0
