@@ -139,7 +139,7 @@
   // changes what a page shows from the database.
   const EVENT_TYPES = document.body.dataset.eventTypes.split(",");
   const PROGRESS_EVENTS = new Set(["batch.progress", "epoch.started", "epoch.completed", "data.prepared"]);
-  const GONE_EVENTS = new Set(["run.delete_requested", "run.deleted"]);
+  const GONE_EVENTS = new Set(["run.delete_requested"]);
   const STATE_EVENTS = new Set(EVENT_TYPES.filter(t => !PROGRESS_EVENTS.has(t) && !GONE_EVENTS.has(t)));
 
   function follow(path, cursor, handler) {
@@ -148,7 +148,7 @@
     const live = $("#live-indicator");
     source.onopen = () => live && live.classList.add("on");
     source.onerror = () => live && live.classList.remove("on");
-    for (const type of new Set([...EVENT_TYPES, ...GONE_EVENTS])) {
+    for (const type of EVENT_TYPES) {
       source.addEventListener(type, message => handler(type, JSON.parse(message.data)));
     }
     return source;
