@@ -49,6 +49,10 @@ async def test_cancel_a_queued_run_from_the_list(page, conn):
     assert await page.locator(f"#run-{keep} .badge").inner_text() == "queued"
     assert (await repository.get_run(conn, doomed))["status"] == "cancelled"
     assert await page.locator(f"#run-{doomed} [data-action=cancel]").count() == 0
+    # a run queued elsewhere (plain SQL) appears from the events stream, no reload
+    from_sql = await conn.fetchval("INSERT INTO training_runs (name) VALUES ('from-psql') RETURNING id")
+    await page.locator(f"#run-{from_sql} .badge-queued").wait_for()
+    assert await page.locator(".run-row").first.get_attribute("id") == f"run-{from_sql}"
     await screenshot(page, "cancel_run")
 
 
