@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,9 +155,27 @@ def test_stop_in_the_first_epoch_saves_nothing(tmp_path, make_items, make_config
     assert hooks.batches == 1 and checkpoint_epochs(storage) == []
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, make_items, make_config):
-    config = make_config(pooling="gem", epochs=3, warmup_epochs=1.0)
-    train, val = make_items(6, 4), make_items(4, 3, seed=1)
+class AugmentedItems:
+    """Items whose every read draws from Python's, NumPy's and torch's RNGs, as augmentations do
+    (in the training process, or in DataLoader workers with num_workers > 0)."""
+
+    def __init__(self, items):
+        self.items, self.labels, self.domains = items, items.labels, items.domains
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        image, label, domain = self.items[index]
+        shift = random.random() + float(np.random.rand()) + torch.rand(()).item()
+        return image + 0.1 * shift, label, domain
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, make_items, make_config,
+                                                               num_workers):
+    config = make_config(pooling="gem", epochs=3, warmup_epochs=1.0, num_workers=num_workers)
+    train, val = AugmentedItems(make_items(6, 4)), make_items(4, 3, seed=1)
 
     straight_hooks = RecordingHooks(LocalStorage(tmp_path / "a"), config)
     straight = make_trainer(config, train, val, straight_hooks)
