@@ -309,3 +309,26 @@ SELECT run_uuid::text FROM training_runs WHERE run_uuid = ANY($1::uuid[])
 UNION
 SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;
 
+-- ---------------------------------------------------------------------------------------------
+-- RunPod launcher and Prometheus metrics (services/dispatcher/runpod_launcher.py,
+-- services/common/metrics.py)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: note_run_waiting
+-- The launcher's note on a claimed run whose job waits for a worker (fenced on lease_epoch $2).
+SELECT emit_run_event(r.id, 'run.waiting', $3::jsonb)
+  FROM lock_run_events($1), training_runs r
+ WHERE r.id = $1 AND r.lease_epoch = $2 AND r.status = 'claimed';
+
+-- name: metrics_queue_depth
+SELECT status, count(*) AS runs FROM training_runs GROUP BY status;
+
+-- name: metrics_trainer_throughput
+-- images/s of the last completed epoch of each running run's current attempt.
+SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS images_per_second
+  FROM training_runs r
+  CROSS JOIN LATERAL (
+    SELECT payload FROM training_events
+     WHERE run_id = r.id AND attempt = r.attempt AND type = 'epoch.completed'
+     ORDER BY seq DESC LIMIT 1) e
+ WHERE r.status = 'running';

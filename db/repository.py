@@ -364,3 +364,16 @@ async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
 
 
+# -- RunPod launcher and metrics ----------------------------------------------------------------
+async def note_run_waiting(conn, run_id: int, lease_epoch: int, payload: dict) -> bool:
+    """A `run.waiting` event on a claimed run whose job no worker has taken yet (fenced)."""
+    return await conn.fetchval(QUERIES["note_run_waiting"], run_id, lease_epoch, payload) is not None
+
+
+async def metrics_queue_depth(conn) -> dict[str, int]:
+    return {r["status"]: r["runs"] for r in await conn.fetch(QUERIES["metrics_queue_depth"])}
+
+
+async def metrics_trainer_throughput(conn) -> list[tuple[str, float]]:
+    rows = await conn.fetch(QUERIES["metrics_trainer_throughput"])
+    return [(r["run"], r["images_per_second"]) for r in rows if r["images_per_second"] is not None]

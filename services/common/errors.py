@@ -101,3 +101,20 @@ class Refused(SkutrainError):
 
 class NotFound(SkutrainError):
     code = "not_found"
+
+
+# RunPod launcher (issue 9): what a person fixes when RunPod refuses a launch.
+class RunPodUnauthorized(LaunchFailed):
+    code = "runpod_unauthorized"
+
+
+class RunPodEndpointNotFound(LaunchFailed):
+    code = "runpod_endpoint_not_found"
+
+
+class RunPodRateLimited(LaunchFailed):
+    code = "runpod_rate_limited"
+
+
+class RunPodUnreachable(LaunchFailed):
+    code = "runpod_unreachable"

@@ -39,6 +39,9 @@ EVENT_TYPES: dict[str, EventType] = {
         _event("run.queued", "insert trigger", "name, priority"),
         _event("run.claimed", "claim_runs()", "owner, lease_epoch"),
         _event("run.launched", "mark_launched() (dispatcher)", "launcher, external_job_id"),
+        _event("run.waiting", "runpod launcher",
+               "launcher, external_job_id, waited_s, workers, message",
+               "the RunPod job waits in the endpoint's queue: no worker has taken it"),
         _event("run.started", "start_run() (trainer)",
                "total_epochs, start_epoch, model, device, amp, resume_from_checkpoint_id",
                "start_epoch > 1 when the attempt resumes from checkpoint "

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
 
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     runpod_endpoint_id: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_ID")
+    runpod_endpoint_base_url: str = Field(default="https://api.runpod.ai/v2",
+                                          validation_alias="RUNPOD_ENDPOINT_BASE_URL")
+    # Prometheus exposition of the dispatcher and reconciler: off unless a port is set.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     validation_alias="SKUTRAIN_METRICS_PORT")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
     qdrant_url: str | None = Field(default=None, validation_alias="QDRANT_URL")
 
