@@ -15,6 +15,7 @@ async def test_create_run_through_the_form_and_an_invalid_form_is_rejected(page,
     await page.click("#create-submit")
     assert await page.inner_text("[data-field=name] > .field-error") == "give the run a name"
     assert await page.inner_text("[data-field='training.epochs'] > .field-error") == "must be ≥ 1"
+    await screenshot(page, "create_form_browser_errors")
     assert await conn.fetchval("SELECT count(*) FROM training_runs") == 0
     # server-side validation: the batch size must match the P-K sampler (a cross-field rule)
     await page.fill("#f-name", "s2-standard")

@@ -422,6 +422,17 @@
     if (target.closest("details")) target.closest("details").open = true;
   }
 
+  function showFirstError(form) {
+    const invalid = $$(".invalid", form);
+    if (invalid.length) {
+      const box = $("#create-error");
+      box.textContent = `${invalid.length} field${invalid.length > 1 ? "s need" : " needs"} attention (marked in red).` +
+        (box.hidden ? "" : " " + box.textContent);
+      box.hidden = false;
+      invalid[0].scrollIntoView({block: "center"});
+    }
+  }
+
   function initCreateForm() {
     const dialog = $("#create-dialog"), form = $("#create-form");
     buildForm();
@@ -441,7 +452,7 @@
           setPath(config, path, result.value);
         }
       }
-      if (!valid) return;
+      if (!valid) { showFirstError(form); return; }
       const submit = $("#create-submit");
       submit.disabled = true;
       const result = await api("POST", "/runs", {name, config});
@@ -456,6 +467,7 @@
         refreshRun(String(result.data.id));
       } else if (result.status === 422 && result.data.errors) {
         for (const e of result.data.errors) showFieldError(form, e.field.replace(/^config\.?/, "") || "config", e.message);
+        showFirstError(form);
       } else if (result.status !== 401) {
         showFieldError(form, "", result.data.message || `the server answered ${result.status}`);
       }
