@@ -332,3 +332,9 @@ SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS i
      WHERE run_id = r.id AND attempt = r.attempt AND type = 'epoch.completed'
      ORDER BY seq DESC LIMIT 1) e
  WHERE r.status = 'running';
+
+-- Input limits and operator tools (issue 8) ---------------------------------------------------
+
+-- name: schema_present
+-- Whether the database was ever upgraded (`skutrain db upgrade`): services say so at start.
+SELECT to_regclass('training_runs') IS NOT NULL;

@@ -377,3 +377,7 @@ async def metrics_queue_depth(conn) -> dict[str, int]:
 async def metrics_trainer_throughput(conn) -> list[tuple[str, float]]:
     rows = await conn.fetch(QUERIES["metrics_trainer_throughput"])
     return [(r["run"], r["images_per_second"]) for r in rows if r["images_per_second"] is not None]
+
+
+async def schema_present(conn) -> bool:
+    return await conn.fetchval(QUERIES["schema_present"])

@@ -84,6 +84,7 @@ def cmd_dispatcher(args, settings: Settings) -> int:
     from services.dispatcher.service import DispatcherConfig
 
     url = _database_url(settings)
+    asyncio.run(require_schema(url))
     launcher = build_launcher(args.launcher, settings, url, args.max_concurrent)
     config = DispatcherConfig(batch_size=args.batch_size, poll_interval=args.poll_interval,
                               lease_seconds=args.lease_seconds,
@@ -285,6 +286,20 @@ def cmd_api(args, settings: Settings) -> int:
 
 
 # -- arguments and errors a person can act on --------------------------------------------
+async def require_schema(url: str) -> None:
+    """A service on a database that was never upgraded would fail every tick: say so once."""
+    from db import repository
+    from services.common.errors import SchemaMissing
+
+    conn = await repository.connect(url)
+    try:
+        if not await repository.schema_present(conn):
+            raise SchemaMissing(f"the database at {redact_text(url)} has no skutrain schema: "
+                                "run `skutrain db upgrade` first")
+    finally:
+        await conn.close()
+
+
 def _at_least(minimum: float, kind: type = int):
     """An argparse type: a number of `kind` >= `minimum` (0 batches or 0 slots make no sense)."""
     def parse(text: str):

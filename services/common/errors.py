@@ -91,6 +91,38 @@ class EventRejected(SkutrainError):
     code = "event_rejected"
 
 
+# Input and resource problems a person can act on (issue 8), known before the launch where they
+# can be: preflight raises them, the trainer raises OutOfMemory.
+class InsufficientLabels(SkutrainError):
+    """The training split has fewer labels than the P-K sampler's p."""
+
+    code = "insufficient_labels"
+
+
+class ProductsNotFound(SkutrainError):
+    """data_source.product_ids names products that do not exist."""
+
+    code = "products_not_found"
+
+
+class MemoryBudgetExceeded(SkutrainError):
+    """The config's planned peak memory does not fit the worker's budget."""
+
+    code = "memory_budget_exceeded"
+
+
+class OutOfMemory(SkutrainError):
+    """The trainer ran out of memory (its own limit or the device's)."""
+
+    code = "out_of_memory"
+
+
+class SchemaMissing(SkutrainError):
+    """The database was never upgraded: `skutrain db upgrade`."""
+
+    code = "schema_missing"
+
+
 # Lifecycle requests (request_resume, request_delete, request_cancel...): SQLSTATE SK010 and
 # P0002 from the database.
 class Refused(SkutrainError):

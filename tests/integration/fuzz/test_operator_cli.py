@@ -41,6 +41,9 @@ def test_never_upgraded_database_and_refused_connection(empty_db_url):
     bare = cli("runs", "list", url=empty_db_url)
     assert bare.returncode == 1 and "skutrain db upgrade" in bare.stderr
     assert "Traceback" not in bare.stderr
+    dispatcher = cli("dispatcher", "--launcher", "noop", url=empty_db_url)
+    assert dispatcher.returncode == 1 and "schema_missing" in dispatcher.stderr
+    assert "skutrain db upgrade" in dispatcher.stderr and "Traceback" not in dispatcher.stderr
     refused = cli("events", "tail", url="postgresql://u:hunter2@127.0.0.1:9/x")
     assert refused.returncode == 1 and "cannot reach the database" in refused.stderr
     assert "Traceback" not in refused.stderr and "hunter2" not in refused.stderr
