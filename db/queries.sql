@@ -177,6 +177,12 @@ SELECT id, attempt, epoch, manifest_url, size_bytes, shard_count, train_loss, va
        delete_requested_at, created_at
   FROM checkpoints WHERE run_id = $1 ORDER BY epoch, attempt;
 
+-- name: api_run_evaluations
+-- A run's stored evaluations with every breakdown (domain pairs too), oldest first.
+SELECT id, checkpoint_id, split, overall, real_to_synthetic, synthetic_to_real, domain_pairs,
+       per_category, hard_cases, num_images, on_demand, created_at
+  FROM evaluations WHERE run_id = $1 ORDER BY id;
+
 -- name: api_latest_epochs
 -- The last epoch.completed payload of each of the runs $1 (latest loss and val metrics).
 SELECT DISTINCT ON (run_id) run_id, payload

@@ -241,6 +241,10 @@ async def run_checkpoints_for_api(conn, run_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["api_run_checkpoints"], run_id)
 
 
+async def run_evaluations_for_api(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["api_run_evaluations"], run_id)
+
+
 async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
     """run id -> payload of its last epoch.completed event."""
     rows = await conn.fetch(QUERIES["api_latest_epochs"], list(run_ids))

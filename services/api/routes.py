@@ -151,7 +151,7 @@ async def run_evaluations(request: Request, run_id: int):
 async def evaluations_with_names(conn, run_id: int) -> list[dict]:
     names = await repository.run_label_names(conn, run_id)
     out = []
-    for row in await repository.run_evaluations(conn, run_id):
+    for row in await repository.run_evaluations_for_api(conn, run_id):
         evaluation = dict(row)
         hard = evaluation.get("hard_cases") or {}
         for case in hard.get("worst_products") or []:

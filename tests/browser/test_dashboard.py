@@ -98,6 +98,8 @@ async def test_register_two_models_and_compare_them(page, catalog_conn):
         await page.locator(f"text=Registered models: {name}-model").wait_for()
         if name == "sota":
             await page.locator("#chart-val svg polyline").first.wait_for()
+            pairs = await page.locator("table.domain-pairs tbody th").all_inner_texts()
+            assert pairs == ["cutout → real", "real → synthetic"]
             await screenshot(page, "run_detail_scripted")
 
     await page.goto(f"{page.base}/models")

@@ -76,6 +76,8 @@ async def scripted_training(conn, run_id: int, val_r1: list[float], *, test_r1: 
         "epoch": best, "split": "test", "overall": overall,
         "real_to_synthetic": epoch_metrics(best, test_r1 - 0.1),
         "synthetic_to_real": epoch_metrics(best, test_r1 - 0.05),
+        "domain_pairs": {"real->synthetic": epoch_metrics(best, test_r1 - 0.1),
+                         "cutout->real": epoch_metrics(best, test_r1 - 0.2)},
         "per_category": {"Category 0": {"recall_at_1": test_r1, "count": 20},
                          "Category 1": {"recall_at_1": test_r1 - 0.1, "count": 20}},
         "hard_cases": {"worst_products": [{"label": names[0], "recall@1": 0.25, "count": 4}],

@@ -150,6 +150,7 @@ async def test_checkpoints_evaluations_with_product_names(api, catalog_conn):
     assert [(c["epoch"], c["is_best"]) for c in checkpoints] == [(1, False), (2, True), (3, False)]
     (evaluation,) = (await api.get(f"/runs/{run_id}/evaluations")).json()
     assert evaluation["overall"]["recall_at_1"] == 0.65
+    assert evaluation["domain_pairs"]["cutout->real"]["recall_at_1"] == 0.45
     hard = evaluation["hard_cases"]
     assert hard["worst_products"][0]["name"] == products[0]["product_name"]
     assert hard["most_confused_pairs"][0]["names"] == [p["product_name"] for p in products]
