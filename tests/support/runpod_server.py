@@ -11,8 +11,9 @@ the job-stop long-poll that delivers cancels and timeouts to a running worker.
 
 Controls for tests: `payloads` (every /run body received), `rate_limit(n)` (the next n client
 calls get 429), `execution_timeout` (IN_PROGRESS longer than this -> TIMED_OUT and stopped),
-`worker_lost_after` (a worker silent this long fails its job), and no worker at all (a job stays
-IN_QUEUE). The server runs its own event loop in a thread, so sync and async tests can use it.
+`worker_lost_after` (a worker silent this long fails its job), `client_delay` (a slow network),
+`end_job` (RunPod ends a job), and no worker at all (a job stays IN_QUEUE). The server runs its
+own event loop in a thread, so sync and async tests can use it.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class RunPodServer:
         self.worker_key = worker_key
         self.long_poll = long_poll
         self.execution_timeout: float | None = None
+        self.client_delay = 0.0  # seconds each client-side answer is held (network timeouts)
         self.worker_lost_after: float | None = None
         self.payloads: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
@@ -108,6 +110,11 @@ class RunPodServer:
         """The next `count` client-side requests get 429."""
         with self._lock:
             self._rate_limited = count
+
+    def end_job(self, job_id: str, status: str, error: str | None = None) -> None:
+        """End a job as RunPod would (FAILED, TIMED_OUT, CANCELLED...), whoever runs it."""
+        with self._lock:
+            self._finish(self.jobs[job_id], status, error=error)
 
     def job(self, job_id: str) -> RemoteJob:
         with self._lock:
@@ -189,8 +196,10 @@ class RunPodServer:
             self.requests.append((request.method, request.path))
         return await handler(request)
 
-    def _client_check(self, request: web.Request) -> web.Response | None:
+    async def _client_check(self, request: web.Request) -> web.Response | None:
         """401 for a wrong key, 404 for an unknown endpoint, 429 while rate limited."""
+        if self.client_delay:
+            await asyncio.sleep(self.client_delay)  # a network that hangs
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
         if request.match_info["endpoint"] != self.endpoint_id:
@@ -221,7 +230,7 @@ class RunPodServer:
 
     # -- client side ----------------------------------------------------------------------
     async def _run(self, request: web.Request) -> web.Response:
-        if (refused := self._client_check(request)) is not None:
+        if (refused := await self._client_check(request)) is not None:
             return refused
         try:
             body = await request.json()
@@ -242,14 +251,14 @@ class RunPodServer:
         return job
 
     async def _status(self, request: web.Request) -> web.Response:
-        if (refused := self._client_check(request)) is not None:
+        if (refused := await self._client_check(request)) is not None:
             return refused
         with self._lock:
             job = self._known_job(request)
             return job if isinstance(job, web.Response) else web.json_response(job.view())
 
     async def _stream(self, request: web.Request) -> web.Response:
-        if (refused := self._client_check(request)) is not None:
+        if (refused := await self._client_check(request)) is not None:
             return refused
         with self._lock:
             job = self._known_job(request)
@@ -260,7 +269,7 @@ class RunPodServer:
                                       "stream": [{"output": c} for c in chunks]})
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        if (refused := self._client_check(request)) is not None:
+        if (refused := await self._client_check(request)) is not None:
             return refused
         with self._lock:
             job = self._known_job(request)
@@ -271,7 +280,7 @@ class RunPodServer:
             return web.json_response({"id": job.id, "status": job.status})
 
     async def _health(self, request: web.Request) -> web.Response:
-        if (refused := self._client_check(request)) is not None:
+        if (refused := await self._client_check(request)) is not None:
             return refused
         now = time.monotonic()
         with self._lock:

@@ -1,0 +1,129 @@
+"""The RunPod serverless worker: `runpod.serverless.start({"handler": handler})`.
+
+A job's input is `JobInput`: run id, attempt, lease_epoch and a few non-secret settings, nothing
+else (unknown keys are refused, so a payload can never smuggle a secret in). The worker reads its
+database URL, storage keys and hub token from its own environment, like the local trainer.
+
+The training runs as `python -m services.trainer` (the same `run_attempt` the local launcher
+runs) in a child process, so the SDK's event loop stays free to heartbeat and to receive stop
+signals; a stopped job (cancelled or timed out on RunPod) terminates the child: SIGTERM, then
+SIGKILL after a grace period. The trainer writes its events straight to Postgres; the job's result
+is small: `{"run_id", "attempt", "outcome"}`, or an error with the end of the trainer's log.
+
+Local check: `python -m services.trainer.handler --test_input '{"input": {"run_id": 1, ...}}'`.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.errors import InvalidConfig, TrainingFailed
+from services.common.logging import redact_text
+from services.common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# Settings a job may carry to its worker: none of them is a secret.
+JobSetting = Literal["progress_interval", "log_level", "torch_threads"]
+LEASE_LOST_EXIT = 3  # services.trainer's exit code when another attempt owns the run
+STOP_GRACE_SECONDS = 10.0
+
+
+class JobInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    lease_epoch: int = Field(ge=1)
+    settings: dict[JobSetting, str | int | float] = Field(default_factory=dict)
+
+
+def job_settings(settings: Settings) -> dict[str, Any]:
+    """The non-secret settings a job carries to its worker (those set here)."""
+    carried = {name: getattr(settings, name) for name in JobSetting.__args__}
+    return {name: value for name, value in carried.items() if value is not None}
+
+
+def job_input(run_id: int, attempt: int, lease_epoch: int,
+              settings: dict[str, Any]) -> dict[str, Any]:
+    """The payload of one attempt's job (what the launcher sends), validated like the worker
+    will read it."""
+    return JobInput(run_id=run_id, attempt=attempt, lease_epoch=lease_epoch,
+                    settings=settings).model_dump()
+
+
+def parse_job_input(raw: Any) -> JobInput:
+    """The job's input, or InvalidConfig naming the bad fields (never their values: a value
+    in the wrong place may be a secret)."""
+    try:
+        return JobInput.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
+                             for e in exc.errors())
+        raise InvalidConfig(f"the job input is not a skutrain job ({problems}); it takes "
+                            "run_id, attempt, lease_epoch and settings only") from None
+
+
+def trainer_environment(job: JobInput) -> dict[str, str]:
+    """The worker's environment plus the job's settings, under their settings names."""
+    overrides = {Settings.model_fields[name].validation_alias: str(value)
+                 for name, value in job.settings.items()}
+    return {**os.environ, **overrides}
+
+
+async def _read_tail(stream: asyncio.StreamReader, tail: collections.deque) -> None:
+    async for line in stream:
+        sys.stderr.buffer.write(line)  # the worker's own log (RunPod shows it)
+        tail.append(line.decode("utf-8", "replace"))
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM the trainer's process group, SIGKILL it after the grace period."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), wait)
+            return
+        except asyncio.TimeoutError:
+            continue
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    request = parse_job_input(job["input"])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.trainer", "--run-id", str(request.run_id),
+        "--attempt", str(request.attempt), "--lease-epoch", str(request.lease_epoch),
+        cwd=ROOT, env=trainer_environment(request), start_new_session=True,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    reader = asyncio.create_task(_read_tail(process.stdout, tail))
+    try:
+        code = await process.wait()
+        await reader
+    except asyncio.CancelledError:  # RunPod stopped the job: cancelled or timed out
+        await _terminate(process)
+        reader.cancel()
+        raise
+    result = {"run_id": request.run_id, "attempt": request.attempt}
+    if code == 0:
+        return {**result, "outcome": "ended"}
+    if code == LEASE_LOST_EXIT:
+        return {**result, "outcome": "lease_lost"}
+    raise TrainingFailed(redact_text(
+        f"the trainer exited with code {code}; its log ends with: {''.join(tail)[-1500:]}"))
+
+
+if __name__ == "__main__":
+    import runpod
+
+    runpod.serverless.start({"handler": handler})
