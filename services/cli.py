@@ -66,7 +66,11 @@ def build_launcher(name: str, settings: Settings, database_url: str, max_concurr
             env={"DATABASE_URL": database_url,
                  "SKUTRAIN_DATA_DIR": str(settings.data_dir.resolve())},
         )
-    raise SystemExit(f"unknown launcher {name!r}: use 'local' or 'noop'")
+    if name == "runpod":
+        from services.dispatcher.runpod_launcher import RunPodLauncher
+
+        return RunPodLauncher.from_settings(settings, database_url, max_concurrent=max_concurrent)
+    raise SystemExit(f"unknown launcher {name!r}: use 'local', 'runpod' or 'noop'")
 
 
 async def run_dispatcher(database_url: str, launcher, config) -> None:
@@ -86,6 +90,7 @@ def cmd_dispatcher(args, settings: Settings) -> int:
     url = _database_url(settings)
     asyncio.run(require_schema(url))
     launcher = build_launcher(args.launcher, settings, url, args.max_concurrent)
+    serve_metrics(settings)
     config = DispatcherConfig(batch_size=args.batch_size, poll_interval=args.poll_interval,
                               lease_seconds=args.lease_seconds,
                               max_attempts=settings.max_attempts,
@@ -121,6 +126,9 @@ def cmd_reconciler(args, settings: Settings) -> int:
 
     url = _database_url(settings)
     launchers = [build_launcher("local", settings, url, 1)]
+    if settings.runpod_endpoint_id:  # RunPod jobs are watched (and stopped) too
+        launchers.append(build_launcher("runpod", settings, url, 1))
+    serve_metrics(settings)
     asyncio.run(run_reconciler(url, launchers, storage_from_settings(settings),
                                reconciler_config(settings)))
     return 0
@@ -502,6 +510,50 @@ def cmd_runs_report(args, settings: Settings) -> int:
     return _models_command(settings, work)
 
 
+# -- runpod and metrics -------------------------------------------------------------------
+def serve_metrics(settings: Settings) -> None:
+    """Prometheus exposition when SKUTRAIN_METRICS_PORT is set (off by default)."""
+    if settings.metrics_port is not None:
+        from services.common import metrics
+
+        port = metrics.serve(settings.metrics_port)
+        get_logger("metrics").info("metrics.serving", port=port)
+
+
+async def runpod_health(settings: Settings) -> tuple[dict, list[str]]:
+    """The endpoint's /health document and what is wrong (missing settings, key, endpoint...)."""
+    from services.common.errors import SkutrainError
+    from services.dispatcher.runpod_launcher import RunPodLauncher, health_problems
+
+    missing = [name for name, value in (("RUNPOD_API_KEY", settings.runpod_api_key),
+                                        ("RUNPOD_ENDPOINT_ID", settings.runpod_endpoint_id))
+               if not value]
+    if missing:
+        return {}, [f"{' and '.join(missing)} not set: copy them from the RunPod console "
+                    "(Settings > API Keys; the endpoint's page) into the environment"]
+    launcher = RunPodLauncher.from_settings(settings, database_url="")
+    try:
+        doc = await launcher.health()
+    except SkutrainError as exc:
+        return {}, [exc.message]
+    finally:
+        await launcher.close()
+    return doc, health_problems(doc)
+
+
+def cmd_runpod(args, settings: Settings) -> int:
+    doc, problems = asyncio.run(runpod_health(settings))
+    if doc:
+        print(f"endpoint {settings.runpod_endpoint_id} at {settings.runpod_endpoint_base_url}")
+        print("workers: " + ", ".join(f"{k} {v}" for k, v in doc.get("workers", {}).items()))
+        print("jobs: " + ", ".join(f"{k} {v}" for k, v in doc.get("jobs", {}).items()))
+    for problem in problems:
+        print(f"problem: {problem}")
+    if not problems:
+        print("ok")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skutrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -516,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("dispatcher", help="claim queued runs and launch their jobs")
-    p.add_argument("--launcher", default="local", choices=["local", "noop"])
+    p.add_argument("--launcher", default="local", choices=["local", "runpod", "noop"])
     p.add_argument("--max-concurrent", type=_positive_int, default=1)
     p.add_argument("--batch-size", type=_positive_int, default=10)
     p.add_argument("--poll-interval", type=_positive_float, default=2.0)
@@ -609,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--device")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("runpod", help="check the RunPod endpoint: says what is wrong")
+    p.add_argument("action", choices=["health"])
+    p.set_defaults(func=cmd_runpod)
 
     p = sub.add_parser("demo", help="a real training run end to end on the embedded defaults")
     p.add_argument("--serve", action="store_true",

@@ -339,3 +339,21 @@ class RunPodLauncher:
                 "endpoint's max workers and GPU availability in the RunPod console"),
         })
         self._noticed.add(job_id)
+
+
+def health_problems(doc: dict[str, Any]) -> list[str]:
+    """What is wrong with an endpoint, from its /health document (empty: nothing)."""
+    workers, jobs = doc.get("workers", {}), doc.get("jobs", {})
+    problems = []
+    active = sum(workers.get(k, 0) for k in ("idle", "running", "initializing", "ready"))
+    if jobs.get("inQueue", 0) and not active:
+        problems.append(
+            f"{jobs['inQueue']} job(s) wait in the queue and no worker is running: raise the "
+            "endpoint's max workers, or pick GPU types with availability (RunPod console)")
+    if workers.get("unhealthy", 0):
+        problems.append(f"{workers['unhealthy']} worker(s) are unhealthy: read their logs in the "
+                        "RunPod console (a bad image or missing DATABASE_URL)")
+    if workers.get("throttled", 0) and not active:
+        problems.append(f"{workers['throttled']} worker(s) are throttled: RunPod has no GPU of "
+                        "the endpoint's types free; add GPU types to the endpoint")
+    return problems
