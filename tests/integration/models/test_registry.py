@@ -1,9 +1,13 @@
 """Registry and on-demand evaluation on a really trained tiny model."""
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from db import repository
+from services import cli
 from services.common.errors import NotFound, Refused
 from services.models import registry
 from services.models.evaluate import evaluate_checkpoint
@@ -77,3 +81,44 @@ async def test_evaluation_of_the_best_checkpoint_repeats_the_end_of_run_numbers(
     run = await repository.get_run(mconn, trained.run_id)
     for key, value in run["test_metrics"].items():
         assert doc["overall"][key] == pytest.approx(value, abs=1e-5), key
+
+
+async def test_models_and_evaluate_commands(trained, mconn, cli_env, capsys):
+    ckpt = next(c for c in await _checkpoints(mconn, trained.run_id) if not c["is_best"])
+    if await mconn.fetchval("SELECT 1 FROM trained_models WHERE checkpoint_id = $1", ckpt["id"]):
+        ckpt = next(c for c in await _checkpoints(mconn, trained.run_id) if c["is_best"])
+    assert await asyncio.to_thread(
+        cli.main, ["evaluate", str(ckpt["id"]), "--split", "val"]) == 0
+    assert "(val): recall_at_1=" in capsys.readouterr().out
+    # a val evaluation is not a test evaluation: registering needs the test one
+    if not await mconn.fetchval("SELECT 1 FROM evaluations WHERE checkpoint_id = $1 "
+                                "AND split = 'test'", ckpt["id"]):
+        assert await asyncio.to_thread(
+            cli.main, ["models", "register", str(ckpt["id"]), "cli-model"]) == 1
+        assert f"skutrain evaluate {ckpt['id']}" in capsys.readouterr().err
+        assert await asyncio.to_thread(cli.main, ["evaluate", str(ckpt["id"])]) == 0
+    assert await asyncio.to_thread(
+        cli.main, ["models", "register", str(ckpt["id"]), "cli-model"]) == 0
+    shown = capsys.readouterr().out
+    assert "'cli-model'" in shown and "real_to_synthetic" in shown
+    model_id = await mconn.fetchval("SELECT id FROM trained_models WHERE name = 'cli-model'")
+    assert await asyncio.to_thread(cli.main, ["models", "list"]) == 0
+    assert any(line.split()[:2] == [str(model_id), "cli-model"]
+               for line in capsys.readouterr().out.splitlines())
+    assert await asyncio.to_thread(cli.main, ["models", "show", str(model_id), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["checkpoint_id"] == ckpt["id"] and doc["test_metrics"]["recall_at_1"] is not None
+
+
+async def test_delete_guards_cover_registered_models(trained, mconn):
+    """A registered model's checkpoint is not deleted without force; forced, the model leaves
+    the extraction list."""
+    best = await mconn.fetchval("SELECT best_checkpoint_id FROM training_runs WHERE id = $1",
+                                trained.run_id)
+    model = await registry.register(mconn, best, "guarded")
+    with pytest.raises(Exception, match="guarded") as refused:
+        await mconn.fetchval("SELECT request_checkpoint_delete($1)", best)
+    assert refused.value.sqlstate == "SK010"
+    assert any(m["id"] == model["id"] for m in await registry.list_models(mconn))
+    await mconn.fetchval("SELECT request_checkpoint_delete($1, true)", best)
+    assert all(m["id"] != model["id"] for m in await registry.list_models(mconn))
