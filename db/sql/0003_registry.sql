@@ -92,7 +92,8 @@ BEGIN
   SELECT * INTO v_eval FROM evaluations
    WHERE checkpoint_id = p_checkpoint_id AND split = 'test' ORDER BY id DESC LIMIT 1;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'checkpoint % has no test evaluation; evaluate it first with `skutrain evaluate %`',
+    RAISE EXCEPTION
+      'checkpoint % has no test evaluation; evaluate it first with `skutrain evaluate %`',
       p_checkpoint_id, p_checkpoint_id USING ERRCODE = 'SK010';
   END IF;
   INSERT INTO trained_models (name, checkpoint_id, test_metrics, cross_domain_metrics,

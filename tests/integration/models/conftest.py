@@ -39,7 +39,8 @@ class TrainedRun:
     products: list[dict]
 
 
-async def _queue_and_claim(url: str, products: list[dict] | None, config: dict) -> tuple[int, int, int]:
+async def _queue_and_claim(url: str, products: list[dict] | None,
+                           config: dict) -> tuple[int, int, int]:
     conn = await repository.connect(url)
     try:
         if products is not None:
