@@ -51,15 +51,14 @@ RESUME_FORMAT = 1
 
 
 class ItemDataset(Protocol):
-    """What the trainer needs from a dataset (train, val or test split).
+    """What the trainer needs from a dataset (the train or val split).
 
     `__getitem__` returns (image, label, domain): a float CHW tensor already resized and
     normalised for the model, the label's index (0..num_classes-1 within the split) and the
     image's domain string ("synthetic", "real", "augmented" or "cutout"). `labels` and `domains`
     list the same per item without loading images (the sampler plans batches from them).
-    Optional attributes, read when present: `categories` (per item, for per-category metrics),
-    `sources` (per item; items sharing a source are never retrieved for each other) and
-    `label_names` (per label index, e.g. product ids, used in hard-case reports).
+    Optional, read when present: `sources` (per item; in validation, items sharing a source
+    are never retrieved for each other). The test evaluation is services.models.evaluate's.
     """
 
     labels: Sequence[int]
@@ -201,26 +200,6 @@ def embed_dataset(
     model.train(was_training)
     dim = model.embedding_dim
     return torch.cat(out) if out else torch.zeros(0, dim, device=device)
-
-
-def evaluate_model(
-    model: EmbeddingModel, dataset: ItemDataset, config, *, device: torch.device
-) -> dict[str, Any]:
-    """Test-set evaluation: overall, cross-domain, per-category and hard cases, leave-one-out
-    among the dataset's items (labels reported through `label_names` when the dataset has them).
-    The model is moved to `device`."""
-    amp = resolve_amp(config.training.amp, device)
-    emb = embed_dataset(model.to(device), dataset, batch_size=config.training.batch_size, device=device,
-                        amp=amp, num_workers=config.training.num_workers)
-    names = getattr(dataset, "label_names", None)
-    labels = [names[i] for i in dataset.labels] if names is not None else list(dataset.labels)
-    ev = config.evaluation
-    return M.evaluate_embeddings(
-        emb, labels, k_values=ev.k_values, domains=list(dataset.domains),
-        categories=getattr(dataset, "categories", None), sources=getattr(dataset, "sources", None),
-        with_cross_domain=ev.cross_domain, with_per_category=ev.per_category,
-        hard_cases=ev.hard_cases,
-    )
 
 
 @dataclass

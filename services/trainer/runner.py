@@ -101,9 +101,13 @@ class Attempt:
 
     def finish(self, status: str, error_code: str | None = None,
                error_message: str | None = None, payload: dict[str, Any] | None = None) -> str:
-        """Store every queued event first, then end the run; 'lease_lost' when fenced off."""
+        """Store every queued event first, then end the run; 'lease_lost' when fenced off. A run
+        whose events the database refused ends failed (its record is incomplete)."""
         if not self.writer.flush(120):
             return "lease_lost"
+        if (rejected := self.writer.rejected) is not None and status != "failed":
+            status, error_code, error_message = "failed", rejected.code, rejected.message
+            payload = None
         done = self.db(lambda c: repository.finish_run(
             c, self.run_id, self.lease_epoch, status, error_code=error_code,
             error_message=error_message, payload=payload))
@@ -301,6 +305,8 @@ def _train(env: TrainerEnvironment, current: Attempt, config: RunConfig,
     best = result.best_epoch
     if not current.writer.flush(120):  # the best epoch's checkpoint row is stored
         return "lease_lost"
+    if (reason := current.stop_reason()) is not None:
+        return current.stopped(reason)
     manifest_url = current.db(lambda c: repository.checkpoint_manifest_for_epoch(
         c, current.run_id, best))
     best_model, _ = checkpoints.load_embedding_model(env.storage, ObjectRef.parse(manifest_url))

@@ -14,7 +14,7 @@ from services.catalog.generate import generate_catalog
 from services.common.errors import StorageError
 from services.common.storage import LocalStorage
 from services.trainer.event_writer import EventWriterConfig
-from services.trainer.runner import TrainerEnvironment, run_attempt
+from services.trainer.runner import Attempt, TrainerEnvironment, run_attempt
 
 pytestmark = pytest.mark.slow
 
@@ -189,3 +189,18 @@ async def test_cancel_during_the_download_ends_the_run_at_once(conn, db_url, tmp
     assert row["status"] == "cancelled"
     types = [e["type"] for e in await repository.run_events(conn, run_id)]
     assert "data.prepared" not in types and types[-1] == "run.cancelled"
+
+
+async def test_a_refused_event_fails_the_run_instead_of_completing_it(conn, db_url, tmp_path):
+    run_id, attempt, epoch = await _queue_and_claim(conn, CONFIG)
+    current = Attempt(_env(LocalStorage(tmp_path), tmp_path, db_url), run_id, attempt, epoch)
+    current.writer.start()
+    try:
+        assert await asyncio.to_thread(current.load_run) is not None
+        current.emit("eval.completed", {"epoch": 1, "split": "test", "overall": {"x": "\x00"}})
+        status = await asyncio.to_thread(current.finish, "completed", payload={"best_epoch": 1})
+    finally:
+        current.writer.close()
+    row = await repository.get_run(conn, run_id)
+    assert status == row["status"] == "failed"
+    assert row["error_code"] == "event_rejected" and "eval.completed" in row["error_message"]
