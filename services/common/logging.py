@@ -32,10 +32,16 @@ REDACTED = "***"
 MAX_TEXT = 4096  # characters of one stored error message or logged value
 
 
-def cap_text(text: str, limit: int = MAX_TEXT) -> str:
-    """`text` cut to `limit` characters, with a marker saying how much was cut."""
+MAX_TRACEBACK = 16 * 1024
+
+
+def cap_text(text: str, limit: int = MAX_TEXT, *, keep_end: bool = False) -> str:
+    """`text` cut to `limit` characters, with a marker saying how much was cut; `keep_end`
+    keeps the last characters instead (a traceback's end says what failed)."""
     if len(text) <= limit:
         return text
+    if keep_end:
+        return f"[cut {len(text) - limit} characters] ...{text[-limit:]}"
     return f"{text[:limit]}... [cut {len(text) - limit} characters]"
 
 
@@ -58,9 +64,12 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def terminal_safe(text: str) -> str:
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
     """Untrusted text (a run name, an error message) as one printable line: every control,
-    bidi or invisible character written as its \\x../\\u.... escape."""
+    bidi or invisible character written as its \\x../\\u.... escape (newlines kept on
+    request, for tracebacks)."""
+    if keep_newlines:
+        return "\n".join(_UNPRINTABLE.sub(_escape, line) for line in text.split("\n"))
     return _UNPRINTABLE.sub(_escape, text)
 
 
@@ -85,7 +94,17 @@ def redact(value: Any, key: str | None = None) -> Any:
 
 
 def _redact_processor(_logger, _method, event_dict: dict) -> dict:
-    return {k: redact(v, k) for k, v in event_dict.items()}
+    traceback = event_dict.pop("exception", None)
+    event_dict = {k: redact(v, k) for k, v in event_dict.items()}
+    if traceback is not None:
+        event_dict["exception"] = cap_text(redact_text(traceback), MAX_TRACEBACK, keep_end=True)
+    return event_dict
+
+
+def _terminal_processor(_logger, _method, event_dict: dict) -> dict:
+    """Console output goes to a person's terminal: no escape sequences from logged values."""
+    return {k: terminal_safe(v, keep_newlines=k == "exception") if isinstance(v, str) else v
+            for k, v in event_dict.items()}
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
@@ -105,6 +124,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> No
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact_processor,
+            *([_terminal_processor] if fmt == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -76,3 +76,17 @@ def test_log_values_are_capped_and_redacted():
     line = stream.getvalue()
     assert len(line) < 2 * MAX_TEXT and "[cut 195904 characters]" in line
     assert "hunter2" not in line
+
+
+def test_console_lines_escape_terminal_controls_and_tracebacks_keep_their_end():
+    stream = io.StringIO()
+    configure_logging("INFO", "console", stream=stream)
+    log = get_logger("t")
+    log.warning("run.failed", name="evil\x1b[2J\u202e")
+    try:
+        raise ValueError("x" * 50_000 + " the end")
+    except ValueError:
+        log.exception("crashed")
+    out = stream.getvalue()
+    assert "\x1b" not in out and "\u202e" not in out and "evil\\x1b[2J\\u202e" in out
+    assert "the end" in out and "[cut " in out and len(out) < 20_000
