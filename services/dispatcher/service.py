@@ -19,12 +19,14 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from db import repository
+from services.common import metrics
 from services.common.errors import InvalidConfig, LaunchFailed, SkutrainError
 from services.common.logging import get_logger, redact_text
 from services.common.service_loop import ListeningService
@@ -49,6 +51,7 @@ class DispatcherConfig:
     reconnect_delay: float = 0.5
     max_attempts: int = 3
     crash_at: str | None = None  # fault injection for the chaos tests (settings)
+    metrics_interval: float = 5.0  # how often the queue-depth gauges are read from the database
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -76,6 +79,7 @@ class Dispatcher(ListeningService):
                                                   launcher=launcher.name))
         self.preflight = Preflight()
         self.totals = TickResult()
+        self._metrics_at = float("-inf")
 
     def _more_work(self, result: TickResult) -> bool:
         return bool(result.claimed)  # there may be more: claim again before sleeping
@@ -90,6 +94,7 @@ class Dispatcher(ListeningService):
         result = TickResult()
         assert self._pool is not None, "start() first"
         async with self._pool.acquire() as conn:
+            await self._refresh_metrics(conn)
             slots = self.launcher.max_concurrent
             if self.launcher.watches_jobs:
                 result.reaped = await settle_gone_jobs(conn, self.launcher,
@@ -97,10 +102,11 @@ class Dispatcher(ListeningService):
                 slots -= await repository.count_live_launches(conn, self.launcher.name)
             if self._stopping.is_set() or slots <= 0:
                 return result
-            runs = await repository.claim_runs(
-                conn, self.config.owner, min(slots, self.config.batch_size),
-                self.config.lease_seconds,
-            )
+            with metrics.CLAIM_SECONDS.time():
+                runs = await repository.claim_runs(
+                    conn, self.config.owner, min(slots, self.config.batch_size),
+                    self.config.lease_seconds,
+                )
             result.claimed = len(runs)
             self._crash_point("after_claim", runs)
             started = []
@@ -166,6 +172,7 @@ class Dispatcher(ListeningService):
         for (run, request, job), ok in zip(started, recorded):
             if ok:
                 await self.launcher.release(request, job)
+                metrics.LAUNCHES.labels(launcher=self.launcher.name).inc()
                 outcomes.append("launched")
             else:
                 await self.launcher.abandon(request, job)
@@ -174,6 +181,7 @@ class Dispatcher(ListeningService):
 
     async def _fail(self, conn, run, exc: SkutrainError, log) -> str:
         log.warning("run.failed", error_code=exc.code, error=exc.message)
+        metrics.LAUNCH_FAILURES.labels(launcher=self.launcher.name, error_code=exc.code).inc()
         try:
             await repository.finish_run(conn, run.id, run.lease_epoch, "failed",
                                         error_code=exc.code, error_message=exc.message,
@@ -181,6 +189,12 @@ class Dispatcher(ListeningService):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as db_exc:
             log.warning("run.fail_not_recorded", error=redact_text(str(db_exc)))
         return "failed"
+
+    async def _refresh_metrics(self, conn) -> None:
+        """Queue depth and trainer throughput gauges, read at most every metrics_interval s."""
+        if time.monotonic() - self._metrics_at >= self.config.metrics_interval:
+            self._metrics_at = time.monotonic()
+            await metrics.refresh_from_database(conn)
 
     async def _release(self, conn, run, reason: str) -> str:
         """Back to the queue; if even that fails, the lease expires and the reconciler does it."""

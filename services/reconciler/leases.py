@@ -4,6 +4,7 @@ that says what happened. Used by the reconciler and, for the fast path, by the d
 from __future__ import annotations
 
 from db import repository
+from services.common import metrics
 from services.dispatcher.launchers import JobState, Launcher, LaunchRecord
 
 
@@ -53,6 +54,7 @@ async def recover_lease(conn, row, launchers: dict[str, Launcher], stall_timeout
     if state is JobState.ALIVE:
         launchers[record.launcher].stop(record, force=True)
     if row["expired"]:
+        metrics.LEASE_EXPIRATIONS.inc()
         if state is JobState.ALIVE:
             code, message = "stalled", (
                 f"attempt {attempt} stopped heartbeating while its process was alive (hung); "

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from db import repository
+from services.common import metrics
 from services.common.logging import get_logger
 from services.common.service_loop import ListeningService
 from services.common.storage import Storage
@@ -83,6 +84,7 @@ class Reconciler(ListeningService):
             result = await self.sweep(conn)
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
+        metrics.record_sweep(result)
         if result.did_something():
             self.log.info("reconciler.sweep", **vars(result))
         return result
