@@ -63,6 +63,7 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'checkpoint % does not exist', p_checkpoint_id USING ERRCODE = 'no_data_found';
   END IF;
+  PERFORM lock_run_events(v_run_id);  -- before this transaction writes (see 0002)
   v_id := insert_evaluation(v_run_id, p_checkpoint_id, p_payload, true);
   PERFORM emit_run_event(v_run_id, 'evaluation.recorded', jsonb_build_object(
     'evaluation_id', v_id, 'checkpoint_id', p_checkpoint_id, 'epoch', v_epoch,
@@ -82,6 +83,7 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'checkpoint % does not exist', p_checkpoint_id USING ERRCODE = 'no_data_found';
   END IF;
+  PERFORM lock_run_events(v_run_id);  -- before this transaction writes (see 0002)
   IF p_name IS NULL OR btrim(p_name) = '' THEN
     RAISE EXCEPTION 'a model needs a name' USING ERRCODE = 'SK010';
   END IF;
