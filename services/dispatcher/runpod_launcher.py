@@ -10,8 +10,9 @@ non-secret settings. The worker reads its secrets from its own environment.
 
 A poller (started with the first launch or state question, one per process) reads the status of
 every live RunPod launch every `poll_interval` seconds; `state()` answers from it. The poller also
-ends runs that RunPod ended: FAILED (its error text kept), TIMED_OUT, or CANCELLED without a
-cancel request, each with an error_code and what to do. A job still IN_QUEUE keeps its run's
+ends runs that RunPod ended: FAILED by our handler (its error text kept), TIMED_OUT, or CANCELLED
+without a cancel request, each with an error_code and what to do; a job that failed because its
+worker was lost is left to `settle_gone_jobs`, which requeues the run to resume. A job still IN_QUEUE keeps its run's
 lease alive (no worker has it yet, so nothing else heartbeats) and, after `queue_notice_after`
 seconds, the run says it is waiting for a RunPod worker (a `run.waiting` event).
 """
@@ -76,21 +77,28 @@ def http_error(exc: Exception, endpoint_id: str, base_url: str) -> SkutrainError
         "and RUNPOD_ENDPOINT_BASE_URL, then resume the run")
 
 
+def handler_error(error: Any) -> dict[str, Any] | None:
+    """The SDK's report of an exception in our handler (a JSON document with error_type and
+    error_message); None for a failure of the platform (a lost worker)."""
+    try:
+        doc = json.loads(error) if isinstance(error, str) else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "error_type" in doc else None
+
+
 def job_error_text(error: Any) -> str:
-    """The worker's error text: the SDK sends a JSON document with error_message in it."""
-    if isinstance(error, str):
-        try:
-            doc = json.loads(error)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and doc.get("error_message"):
-            error = f"{doc.get('error_type', '')} {doc['error_message']}".strip()
+    """The worker's error text: the handler's exception, or RunPod's own message."""
+    if (doc := handler_error(error)) is not None:
+        error = f"{doc['error_type']} {doc.get('error_message', '')}".strip()
     return redact_text(str(error or "no error text"))[-2000:]
 
 
 def ended_run_error(status: str, job_id: str, error: Any) -> tuple[str, str] | None:
-    """(error_code, message) for a run whose job RunPod ended without the trainer ending it."""
-    if status == "FAILED":
+    """(error_code, message) for a run whose job RunPod ended without the trainer ending it.
+    None leaves the run to settle_gone_jobs, which requeues it to resume (a lost worker: its
+    job FAILED without a handler error)."""
+    if status == "FAILED" and handler_error(error) is not None:
         return "runpod_job_failed", (
             f"the RunPod job {job_id} failed: {job_error_text(error)}. Fix the cause, then "
             "resume the run")
