@@ -67,6 +67,18 @@ class Stack:
             kill_tree(process)
 
 
+def trainers(worker) -> list[psutil.Process]:
+    """The trainer processes a worker runs (its SDK heartbeat process is a child too)."""
+    found = []
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        try:
+            if "--run-id" in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def kill_tree(process):
     """SIGKILL a worker and the trainer it started (a container that dies takes both)."""
     try:
@@ -170,7 +182,7 @@ async def test_remote_timeout_stops_the_trainer_and_fails_the_run(conn, stack):
     row = await wait_for_status(conn, run_id, FINAL, timeout=60)
     assert row["status"] == "failed" and row["error_code"] == "runpod_timed_out"
     assert "Execution Timeout" in row["error_message"]
-    await until(lambda: asyncio.sleep(0, not psutil.Process(worker.pid).children()), timeout=20)
+    await until(lambda: asyncio.sleep(0, not trainers(worker)), timeout=20)
 
 
 async def test_cancel_reaches_the_trainer_on_the_worker(conn, stack):
