@@ -1,0 +1,91 @@
+"""Chaos: a trainer SIGKILLed mid-epoch (two reconcilers running at once) and a trainer that
+hangs (SIGSTOP: alive, no heartbeat, so its lease expires and the reconciler kills it). Real dispatcher, reconciler and trainer processes, real Postgres."""
+import json
+import os
+import signal
+
+import pytest
+
+from tests.e2e.chaos import (Services, all_final, assert_seq_contiguous, events, trainer_pid,
+                             wait_until)
+from tests.e2e.conftest import TINY_RUN
+
+pytestmark = pytest.mark.slow
+
+
+async def _insert(conn, name, epochs):
+    config = json.loads(json.dumps(TINY_RUN))
+    config["training"]["epochs"] = epochs
+    config["training"]["early_stopping"] = {"enabled": False}
+    return await conn.fetchval("INSERT INTO training_runs (name, config) VALUES ($1, "
+                               "$2::text::jsonb) RETURNING id", name, json.dumps(config))
+
+
+async def _mid_epoch_two(conn, run_id):
+    """The trainer's pid once epoch 1's checkpoint is stored and epoch 2 is under way."""
+    async def ready():
+        row = await conn.fetchrow(
+            "SELECT l.identity FROM run_launches l WHERE l.run_id = $1 AND l.attempt = 1 "
+            "AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = $1 AND c.epoch = 1) "
+            "AND EXISTS (SELECT 1 FROM training_events e WHERE e.run_id = $1 "
+            "            AND e.type = 'batch.progress' AND (e.payload->>'epoch')::int = 2)",
+            run_id)
+        return row and trainer_pid(row["identity"])
+    return await wait_until(ready, 180, "epoch 2 of attempt 1 to run", interval=0.05)
+
+
+def _assert_resumed_and_completed(evts, row, epochs):
+    assert row["status"] == "completed", (row["error_code"], row["error_message"])
+    assert_seq_contiguous(evts)
+    done = [(e["attempt"], e["payload"]["epoch"]) for e in evts if e["type"] == "epoch.completed"]
+    assert done == [(1, 1)] + [(2, e) for e in range(2, epochs + 1)], done
+    resumed = next(e for e in evts if e["type"] == "run.resumed")
+    assert resumed["payload"]["epoch"] == 1 and resumed["payload"]["remaining_epochs"] == epochs - 1
+    assert row["current_epoch"] == epochs
+    types = [(e["attempt"], e["type"]) for e in evts]
+    assert types.count((2, "run.launched")) == 1 and types.count((2, "run.completed")) == 1
+    # no event lost or duplicated: each attempt's trainer events appear once, in order
+    assert len({(e["attempt"], e["seq"]) for e in evts}) == len(evts)
+
+
+async def test_trainer_killed_mid_epoch_resumes_from_its_last_checkpoint(
+        conn, db_url, data_dir, catalog):
+    epochs = 3
+    services = Services(db_url, data_dir)
+    try:
+        services.dispatcher(max_concurrent=1)
+        services.reconciler("reconciler-a")
+        services.reconciler("reconciler-b")  # two at once reach the same end state as one
+        run_id = await _insert(conn, "kill-9-trainer", epochs)
+        pid = await _mid_epoch_two(conn, run_id)
+        os.killpg(pid, signal.SIGKILL)
+        rows = await all_final(conn, [run_id], timeout=240)
+    finally:
+        await services.stop_all(conn)
+    evts = await events(conn, run_id)
+    _assert_resumed_and_completed(evts, rows[run_id], epochs)
+    requeued = [e for e in evts if e["type"] == "run.requeued"]
+    assert len(requeued) == 1 and requeued[0]["payload"]["reason"] == "worker_crashed"
+    ckpts = await conn.fetch("SELECT attempt, epoch, is_best FROM checkpoints WHERE run_id = $1 "
+                             "ORDER BY epoch, attempt", run_id)
+    assert [(c["attempt"], c["epoch"]) for c in ckpts] == [(1, 1), (2, 2), (2, 3)]
+    assert sum(c["is_best"] for c in ckpts) == 1
+
+
+async def test_hung_trainer_is_detected_as_stalled_stopped_and_resumed(
+        conn, db_url, data_dir, catalog):
+    epochs = 3
+    services = Services(db_url, data_dir)
+    try:
+        services.dispatcher(max_concurrent=1)
+        services.reconciler()  # the stopped trainer stops heartbeating: its lease expires
+        run_id = await _insert(conn, "sigstop-trainer", epochs)
+        pid = await _mid_epoch_two(conn, run_id)
+        os.killpg(pid, signal.SIGSTOP)
+        rows = await all_final(conn, [run_id], timeout=300)
+    finally:
+        await services.stop_all(conn)
+    evts = await events(conn, run_id)
+    _assert_resumed_and_completed(evts, rows[run_id], epochs)
+    requeued = [e for e in evts if e["type"] == "run.requeued"]
+    assert len(requeued) == 1 and requeued[0]["payload"]["reason"] == "stalled", requeued
