@@ -409,17 +409,18 @@ def query_report(
 ) -> dict[str, Any]:
     """One query's leave-one-out top-k results and the relevant items missing from them, with
     their ranks (1-based, after exclusions)."""
-    sims = embeddings.float() @ embeddings[query].float()
+    sims = (embeddings.float() @ embeddings[query].float()).cpu()
     excluded = torch.zeros_like(sims, dtype=torch.bool)
     excluded[query] = True
     if sources is not None:
-        excluded |= torch.tensor([s == sources[query] for s in sources], device=sims.device)
-    sims = sims.masked_fill(excluded, float("-inf"))
-    order = torch.sort(sims, descending=True, stable=True).indices.tolist()
-    order = [i for i in order if not excluded[i]]
+        excluded |= torch.tensor([s == sources[query] for s in sources], dtype=torch.bool)
+    order = torch.sort(sims.masked_fill(excluded, float("-inf")), descending=True,
+                       stable=True).indices
+    order = order[~excluded[order]].tolist()
+    scores = sims.tolist()
 
     def describe(i: int, rank: int) -> dict[str, Any]:
-        row = {"index": i, "label": labels[i], "rank": rank, "score": float(sims[i]),
+        row = {"index": i, "label": labels[i], "rank": rank, "score": scores[i],
                "correct": labels[i] == labels[query]}
         if items is not None:
             row.update(items[i])
