@@ -30,7 +30,7 @@ from services.common.errors import (
 )
 from services.common.logging import get_logger, redact_text
 from services.common.storage import ObjectRef, Storage
-from services.models.evaluate import evaluate_images
+from services.models.evaluate import evaluate_images, stored_names
 from services.trainer import checkpoints
 from services.trainer.best import best_of_history, progress_due
 from services.trainer.config import RunConfig, parse_config
@@ -89,7 +89,8 @@ class Attempt:
     def load_run(self) -> Any | None:
         """The run row, or None when this attempt no longer holds its lease."""
         row = self.db(lambda c: repository.get_run(c, self.run_id))
-        if row is None or row["lease_epoch"] != self.lease_epoch:
+        if (row is None or row["lease_epoch"] != self.lease_epoch
+                or row["attempt"] != self.attempt):
             self.log.warning("trainer.not_lease_holder")
             return None
         self.run_uuid = str(row["run_uuid"])
@@ -124,11 +125,6 @@ class Attempt:
         if reason == "event_rejected":
             return self.fail(self.writer.rejected)
         return "lease_lost"  # a newer attempt owns the run: write nothing more
-
-
-def _metrics(val: dict[str, Any]) -> dict[str, Any]:
-    """Engine metric names (recall@1) as stored names (recall_at_1)."""
-    return {k.replace("@", "_at_"): v for k, v in val.items()}
 
 
 class RunHooks:
@@ -175,10 +171,10 @@ class RunHooks:
     def _save(self, epoch: int, model, summary: dict[str, Any],
               resume_state: dict[str, Any]) -> None:
         """On the saver thread: upload and verify, then record (events are thread-safe)."""
-        metrics = _metrics(summary["val"])
+        metrics = stored_names(summary["val"])
         try:
             saved = checkpoints.save_epoch(
-                self.env.storage, model, resume_state, prefix=self.current.prefix,
+                self.current.storage, model, resume_state, prefix=self.current.prefix,
                 run_id=self.current.run_uuid, epoch=epoch, model_name=self.config.model,
                 preprocessing=preprocessing(self.config), label_map=self.label_map,
                 metrics=metrics, fingerprint=self.fingerprint,
@@ -204,7 +200,8 @@ class RunHooks:
     def on_epoch_end(self, summary: dict[str, Any]) -> None:
         self.current.emit("epoch.completed", {
             "epoch": summary["epoch"], "loss": summary["train_loss"], "lr": summary["lr"],
-            "val": _metrics(summary["val"]), "images_per_second": summary["images_per_second"],
+            "val": stored_names(summary["val"]),
+            "images_per_second": summary["images_per_second"],
             "duration_s": summary["duration_seconds"], "early_stop": summary["early_stop"],
         })
 
@@ -291,7 +288,8 @@ def _train(env: TrainerEnvironment, current: Attempt, config: RunConfig,
         config.model_dump(mode="json", include=TRAINING_FIELDS), _image_rows(data),
         train.label_to_index)
     resume = None if resume_from is None else checkpoints.load_resume_state(
-        env.storage, ObjectRef.parse(resume_from["resume_state_url"]), fingerprint=fingerprint)
+        current.storage, ObjectRef.parse(resume_from["resume_state_url"]),
+        fingerprint=fingerprint)
     saver = checkpoints.BackgroundSaver()
     hooks = RunHooks(current, env, config, train.label_to_index, fingerprint, saver,
                      best_of_history(resume["history"]) if resume else None)
@@ -309,7 +307,8 @@ def _train(env: TrainerEnvironment, current: Attempt, config: RunConfig,
         return current.stopped(reason)
     manifest_url = current.db(lambda c: repository.checkpoint_manifest_for_epoch(
         c, current.run_id, best))
-    best_model, _ = checkpoints.load_embedding_model(env.storage, ObjectRef.parse(manifest_url))
+    best_model, _ = checkpoints.load_embedding_model(current.storage,
+                                                     ObjectRef.parse(manifest_url))
     test_images = data.splits["test"]
     products = current.db(lambda c: repository.products_info(
         c, sorted({image.record.product_id for image in test_images})))

@@ -41,7 +41,8 @@ def big_model() -> EmbeddingModel:
 
 def _save(storage, model, epoch=1):
     return save_checkpoint(
-        storage, model.state_dict(), prefix=PREFIX, run_id="r1", epoch=epoch, model_name="custom",
+        storage, model.state_dict(), prefix=PREFIX, run_id="r1", epoch=epoch,
+        model_name="custom",
         model_config=model.describe(), preprocessing={"image_size": 64}, label_map={0: "sku-1"},
         metrics={"val": {"recall@1": 0.5}}, max_object_bytes=LIMIT,
     )
