@@ -167,15 +167,18 @@ async def tail_events(url: str, run_id: int | None, follow: bool, as_json: bool,
     is ASCII with escapes."""
     from db import repository
 
-    lost = _connection_errors()
+    import asyncpg
+
+    # InternalClientError: a connection left mid-operation by the server going away
+    lost = _connection_errors() + (asyncpg.InternalClientError,)
     cursor = repository.EventCursor()
     conn = None
     failures = 0
     try:
         while True:
             try:
-                if conn is None:
-                    conn = await repository.connect(url)
+                if conn is None:  # a query that hangs on a half-dead socket times out too
+                    conn = await repository.connect(url, command_timeout=reconnect_cap * 6)
                 rows = await repository.events_after(conn, cursor, 500)
             except lost as exc:
                 if not follow:

