@@ -318,8 +318,10 @@ def _at_least(minimum: float, kind: type = int):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
-        if not value >= minimum or (kind is int and value > BIGINT_MAX):
+        if not value >= minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if kind is int and value > BIGINT_MAX:
+            raise argparse.ArgumentTypeError(f"must be at most {BIGINT_MAX}, got {text}")
         return value
     return parse
 

@@ -55,7 +55,8 @@ def test_never_upgraded_database_and_refused_connection(empty_db_url):
 @pytest.mark.parametrize("args, words", [
     (["dispatcher", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["dispatcher", "--max-concurrent", "0"], "--max-concurrent: must be at least 1"),
-    (["runs", "cancel", str(10**20)], "must be at least 1"),
+    (["runs", "cancel", str(10**20)], "must be at most 9223372036854775807"),
+    (["events", "tail", "--run", "-3"], "--run: must be at least 1, got -3"),
     (["runs", "create", "x", "--config", "[1]"], "--config: must be a JSON object"),
 ])
 def test_nonsensical_flags_are_refused(args, words):
