@@ -33,7 +33,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import reducers as pml_reducers
 from torch.utils.data import DataLoader
 
-from services.common.errors import InvalidConfig, NonFiniteLoss
+from services.common.errors import InvalidConfig, NonFiniteLoss, ResumeMismatch
 from services.trainer import metrics as M
 from services.trainer.best import EarlyStopping, best_of_history
 from services.trainer.losses import COMPONENTS, EmbeddingLoss
@@ -304,7 +304,10 @@ class Trainer:
 
     def _load_resume_state(self, state: dict[str, Any]) -> None:
         if state.get("format") != RESUME_FORMAT:
-            raise ValueError(f"unsupported resume state format {state.get('format')!r}")
+            raise ResumeMismatch(
+                f"the resume state has format {state.get('format')!r}, this trainer reads format "
+                f"{RESUME_FORMAT}: resume it with the trainer version that saved it, or queue a "
+                "new run")
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.errors import InvalidConfig, NonFiniteLoss
+from services.common.errors import InvalidConfig, NonFiniteLoss, ResumeMismatch
 from services.common.storage import LocalStorage, ObjectRef
 from services.trainer.checkpoints import (
     BUCKET,
@@ -198,6 +198,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, make_it
     for a, b in zip(straight_result.epochs, resumed_result.epochs):
         assert a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
     assert resumed_result.best_epoch == straight_result.best_epoch
+    with pytest.raises(ResumeMismatch, match="format 99"):
+        make_trainer(config, train, val, hooks, resume_state={**state, "format": 99})
 
 
 def test_non_finite_loss_fails_naming_epoch_and_batch(tmp_path, make_items, make_config):
