@@ -89,6 +89,9 @@ EVENT_TYPES: dict[str, EventType] = {
         _event("run.resumed", "queue_resume() (request_resume() or the reconciler)",
                "checkpoint_id, epoch, remaining_epochs, reason"),
         _event("run.delete_requested", "request_delete()", "force"),
+        _event("run.deleted", "the run row's delete trigger (remove_run() or a DELETE by hand)",
+               "name, status, requested",
+               "the run's last event; the reconciler then stops its job and cleans its storage"),
         _event("model.registered", "register_model()",
                "model_id, name, checkpoint_id, evaluation_id"),
     ]
