@@ -13,6 +13,7 @@ BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
 DEDICATED = {
     "data.py": "tests/integration/data/test_data_bench.py",
     "eval.py": "tests/integration/models/test_bench_eval.py",
+    "redaction.py": "tests/unit/common/test_redaction_bench.py",
     "trainer_overhead.py": "tests/integration/trainer/test_overhead_bench.py",
 }
 # what each smoke-run script must print
