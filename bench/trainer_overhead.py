@@ -20,7 +20,8 @@ One torch thread by default: with one thread per core (torch's default) every sm
 tiny model waits at a thread barrier for the other core, and when any other process holds that
 core the run slows down twenty-fold. `--threads 2` is for a machine with nothing else running.
 The database is DATABASE_URL's (or the embedded one; give it one without a dispatcher), migrated
-to head first. `--tiny` is the CI smoke size (one short run, no timing claims).
+to head first; each measured run is marked for deletion afterwards (request_delete). `--tiny` is
+the CI smoke size (one short run, no timing claims).
 
     python bench/trainer_overhead.py [--repeats 3] [--epochs 2] [--threads N] [--tiny]
 """
@@ -119,18 +120,22 @@ class InterleavingHooks(RunHooks):
         super().save_checkpoint(epoch, model, summary, resume_state)
 
 
-async def _claimed_run(database_url: str, config: RunConfig) -> tuple[int, int, int]:
-    """A run inserted, claimed and launched as the dispatcher would: (id, attempt, epoch)."""
+async def _with_conn(database_url: str, fn):
     conn = await repository.connect(database_url)
     try:
-        run_id = await repository.insert_run(conn, "bench-trainer-overhead",
-                                             config.model_dump(mode="json"), priority=1000)
-        (run,) = await repository.claim_runs(conn, "bench", 1, 600)  # the top priority: ours
-        assert run.id == run_id, "another queued run came first: use a database of its own"
-        await repository.mark_launched(conn, run_id, run.lease_epoch, "bench", None)
-        return run_id, run.attempt, run.lease_epoch
+        return await fn(conn)
     finally:
         await conn.close()
+
+
+async def _claimed_run(conn, config: RunConfig) -> tuple[int, int, int]:
+    """A run inserted, claimed and launched as the dispatcher would: (id, attempt, epoch)."""
+    run_id = await repository.insert_run(conn, "bench-trainer-overhead",
+                                         config.model_dump(mode="json"), priority=1000)
+    (run,) = await repository.claim_runs(conn, "bench", 1, 600)  # the top priority: ours
+    assert run.id == run_id, "another queued run came first: use a database of its own"
+    await repository.mark_launched(conn, run_id, run.lease_epoch, "bench", None)
+    return run_id, run.attempt, run.lease_epoch
 
 
 def make_config(epochs: int) -> RunConfig:
@@ -181,7 +186,8 @@ def interleaved_run(config: RunConfig, train: SyntheticItems, val: SyntheticItem
         env = TrainerEnvironment(
             database_url=database_url, storage=LocalStorage(Path(tmp)), cache_dir=Path(tmp),
             device="cpu", writer=EventWriterConfig(heartbeat_interval=1.0, lease_seconds=60))
-        current = Attempt(env, *asyncio.run(_claimed_run(database_url, config)))
+        current = Attempt(env, *asyncio.run(_with_conn(
+            database_url, lambda conn: _claimed_run(conn, config))))
         current.writer.start()
         try:
             assert current.load_run() is not None and current.start({"bench": True})
@@ -195,6 +201,9 @@ def interleaved_run(config: RunConfig, train: SyntheticItems, val: SyntheticItem
             current.finish("cancelled", payload={"reason": "benchmark done"})
         finally:
             current.writer.close()
+        # Its checkpoints lived in a temp dir: the reconciler removes the run and its rows.
+        asyncio.run(_with_conn(database_url,
+                               lambda conn: repository.request_delete(conn, current.run_id)))
     images = sum(e["num_batches"] for e in result.epochs) * config.training.batch_size
     engine_wall = wall - hooks.bare_time[0] - hooks.validation[0]
     engine_cpu = cpu - hooks.bare_time[1] - hooks.validation[1]
