@@ -52,9 +52,11 @@ class Architecture:
                    arch.get("patch_size", 14), mlp, 1 + arch.get("num_register_tokens", 0))
 
     def parameters(self, image_size: int) -> int:
-        d, per_layer = self.hidden, 4 * self.hidden**2 + 2 * self.hidden * self.mlp + 9 * self.hidden
-        patches = (image_size // self.patch) ** 2
-        return self.layers * per_layer + 3 * self.patch**2 * d + (patches + self.prefix_tokens) * d
+        """Attention (4 d^2) + MLP (2 d mlp) + norms, scales and biases per layer; the patch
+        embedding; one position embedding per token."""
+        d = self.hidden
+        per_layer = 4 * d**2 + 2 * d * self.mlp + 9 * d
+        return self.layers * per_layer + 3 * self.patch**2 * d + self.tokens(image_size) * d
 
     def tokens(self, image_size: int) -> int:
         return (image_size // self.patch) ** 2 + self.prefix_tokens
