@@ -15,6 +15,10 @@ ALTER TABLE checkpoints
   ADD COLUMN resume_state_url text,
   ADD COLUMN delete_requested_at timestamptz;
 
+-- A checkpoint was saved or removed: the reconciler re-checks is_best and retention.
+ALTER TABLE training_runs ADD COLUMN checkpoints_dirty boolean NOT NULL DEFAULT false;
+CREATE INDEX ix_training_runs_checkpoints_dirty ON training_runs (id) WHERE checkpoints_dirty;
+
 -- Sweeps read only rows that need work: runs and checkpoints marked for deletion.
 CREATE INDEX ix_training_runs_delete_requested ON training_runs (delete_requested_at)
  WHERE delete_requested_at IS NOT NULL;
@@ -77,7 +81,8 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- Checkpoint rows are immutable: an epoch saved again by a later attempt is a new row, and the
--- same (run, attempt, epoch) stored twice (a retried batch) is a no-op.
+-- same (run, attempt, epoch) stored twice (a retried batch) is a no-op. A saved checkpoint also
+-- tells the reconciler to re-check the run's best and retention (checkpoints_dirty).
 CREATE FUNCTION project_checkpoint_saved(p_run_id bigint, p_attempt int, p_payload jsonb)
 RETURNS void LANGUAGE sql AS $$
   INSERT INTO checkpoints (run_id, attempt, epoch, manifest_url, size_bytes, shard_count,
@@ -92,6 +97,7 @@ RETURNS void LANGUAGE sql AS $$
           (p_payload #>> '{metrics,map}')::float8,
           coalesce(p_payload -> 'metrics', '{}'::jsonb), p_payload ->> 'resume_state_url')
   ON CONFLICT (run_id, attempt, epoch) DO NOTHING;
+  UPDATE training_runs SET checkpoints_dirty = true WHERE id = p_run_id AND NOT checkpoints_dirty;
 $$;
 
 CREATE FUNCTION project_checkpoint_best(p_run_id bigint, p_attempt int, p_payload jsonb)
@@ -179,27 +185,6 @@ CREATE FUNCTION lock_run_events(p_run_id bigint) RETURNS void LANGUAGE sql AS $$
   SELECT pg_advisory_xact_lock(1802658676, (p_run_id % 2147483647)::int);
 $$;
 
-ALTER TABLE training_runs ADD COLUMN checkpoints_dirty boolean NOT NULL DEFAULT false;
-CREATE INDEX ix_training_runs_checkpoints_dirty ON training_runs (id) WHERE checkpoints_dirty;
-
--- A saved checkpoint also tells the reconciler to re-check the run's best and retention.
-CREATE OR REPLACE FUNCTION project_checkpoint_saved(p_run_id bigint, p_attempt int,
-                                                   p_payload jsonb)
-RETURNS void LANGUAGE sql AS $$
-  INSERT INTO checkpoints (run_id, attempt, epoch, manifest_url, size_bytes, shard_count,
-                           train_loss, val_loss, val_recall_at_1, val_recall_at_5,
-                           val_recall_at_10, val_map, metrics, resume_state_url)
-  VALUES (p_run_id, p_attempt, (p_payload ->> 'epoch')::int, p_payload ->> 'manifest_url',
-          (p_payload ->> 'size_bytes')::bigint, (p_payload ->> 'shard_count')::int,
-          (p_payload ->> 'train_loss')::float8, (p_payload ->> 'val_loss')::float8,
-          (p_payload #>> '{metrics,recall_at_1}')::float8,
-          (p_payload #>> '{metrics,recall_at_5}')::float8,
-          (p_payload #>> '{metrics,recall_at_10}')::float8,
-          (p_payload #>> '{metrics,map}')::float8,
-          coalesce(p_payload -> 'metrics', '{}'::jsonb), p_payload ->> 'resume_state_url')
-  ON CONFLICT (run_id, attempt, epoch) DO NOTHING;
-  UPDATE training_runs SET checkpoints_dirty = true WHERE id = p_run_id AND NOT checkpoints_dirty;
-$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Launches. A job is started held at a gate; mark_launched records what identifies it and emits
