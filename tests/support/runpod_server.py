@@ -12,8 +12,9 @@ the job-stop long-poll that delivers cancels and timeouts to a running worker.
 Controls for tests: `payloads` (every /run body received), `rate_limit(n)` (the next n client
 calls get 429), `execution_timeout` (IN_PROGRESS longer than this -> TIMED_OUT and stopped),
 `worker_lost_after` (a worker silent this long fails its job), `client_delay` (a slow network),
-`end_job` (RunPod ends a job), and no worker at all (a job stays IN_QUEUE). The server runs its
-own event loop in a thread, so sync and async tests can use it.
+`throttled` (no worker gets a job), `end_job` (RunPod ends a job), and no worker at all (a job
+stays IN_QUEUE). The server runs its own event loop in a thread, so sync and async tests can use
+it.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class RunPodServer:
         self.long_poll = long_poll
         self.execution_timeout: float | None = None
         self.client_delay = 0.0  # seconds each client-side answer is held (network timeouts)
+        self.throttled = False  # workers get no job (RunPod has no GPU for them): IN_QUEUE stays
         self.worker_lost_after: float | None = None
         self.payloads: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
@@ -288,12 +290,13 @@ class RunPodServer:
                       for s in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED")}
             alive = {w for w, seen in self.worker_seen.items() if now - seen < 10 * self.long_poll + 5}
             busy = {j.worker_id for j in self.jobs.values() if j.status == "IN_PROGRESS"}
+        idle = 0 if self.throttled else len(alive - busy)
         return web.json_response({
             "jobs": {"inQueue": counts["IN_QUEUE"], "inProgress": counts["IN_PROGRESS"],
                      "completed": counts["COMPLETED"], "failed": counts["FAILED"], "retried": 0},
-            "workers": {"idle": len(alive - busy), "running": len(alive & busy),
-                        "initializing": 0, "ready": len(alive - busy), "throttled": 0,
-                        "unhealthy": 0},
+            "workers": {"idle": idle, "running": len(alive & busy), "initializing": 0,
+                        "ready": idle, "unhealthy": 0,
+                        "throttled": len(alive - busy) if self.throttled else 0},
         })
 
     # -- worker side ----------------------------------------------------------------------
@@ -304,7 +307,8 @@ class RunPodServer:
         deadline = time.monotonic() + self.long_poll
         while time.monotonic() < deadline:
             with self._lock:
-                job = next((j for j in self.jobs.values() if j.status == "IN_QUEUE"), None)
+                job = next((j for j in self.jobs.values()
+                            if j.status == "IN_QUEUE" and not self.throttled), None)
                 if job is not None:
                     job.status, job.worker_id = "IN_PROGRESS", worker
                     job.started_at = time.monotonic()
