@@ -226,9 +226,12 @@ class RunPodLauncher:
         return JobState.ALIVE if remote.status in LIVE else JobState.GONE
 
     def stop(self, record: LaunchRecord, *, force: bool) -> None:
-        """RunPod has no graceful stop: the trainer honours a cancel request by itself, so only
-        a forced stop cancels the job (its worker then terminates the trainer)."""
-        if force and record.external_job_id:
+        """RunPod has no graceful stop: a running trainer honours a cancel request by itself,
+        so only a forced stop cancels its job (the worker then terminates the trainer); a job
+        still queued has nothing to honour it and is cancelled at once."""
+        remote = self.statuses.get(record.external_job_id or "")
+        queued = remote is not None and remote.status == "IN_QUEUE"
+        if (force or queued) and record.external_job_id:
             self._spawn(self.cancel(record.external_job_id))
 
     def exit_summary(self, record: LaunchRecord) -> str:

@@ -142,18 +142,31 @@ async def test_queued_job_holds_the_lease_and_the_run_says_it_waits(conn, runpod
     first_lease = (await repository.get_run(conn, run_id))["lease_expires_at"]
     events = await wait_for(lambda: conn.fetch(
         "SELECT payload FROM training_events WHERE run_id = $1 AND type = 'run.waiting'", run_id))
-    payload = json.loads(events[0]["payload"]) if isinstance(events[0]["payload"], str) else events[0]["payload"]
+    payload = events[0]["payload"]
     assert "waiting in the RunPod queue" in payload["message"]
     assert payload["workers"]["idle"] == 0 and payload["external_job_id"] == launch["external_job_id"]
     run = await repository.get_run(conn, run_id)
     assert run["status"] == "claimed" and run["lease_expires_at"] > first_lease
     assert runpod_server.job(launch["external_job_id"]).status == "IN_QUEUE"
-    record = LaunchRecord.from_row({**launch, "identity": launch["identity"]})
+    record = LaunchRecord.from_row(launch)
     launcher = runpod_dispatcher.launcher
     assert launcher.state(record) is JobState.ALIVE
-    launcher.stop(record, force=False)  # graceful: the trainer honours the cancel request itself
-    await asyncio.sleep(0.2)
-    assert runpod_server.job(launch["external_job_id"]).status == "IN_QUEUE"
-    launcher.stop(record, force=True)
+    launcher.stop(record, force=False)  # queued: no trainer to honour a cancel, so at once
     await wait_for(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
     assert runpod_server.job(launch["external_job_id"]).status == "CANCELLED"
+
+
+async def test_only_a_forced_stop_cancels_a_running_job(conn, runpod_server, runpod_dispatcher):
+    run_id, launch = await launched_run(conn, runpod_server, "running")
+    job = runpod_server.job(launch["external_job_id"])
+    job.status, job.worker_id = "IN_PROGRESS", "worker-x"  # as if a worker had taken it
+    record = LaunchRecord.from_row(launch)
+    launcher = runpod_dispatcher.launcher
+    await wait_for(lambda: asyncio.sleep(0, launcher.statuses[job.id].status == "IN_PROGRESS"))
+    launcher.stop(record, force=False)  # graceful: the trainer honours the cancel request itself
+    await asyncio.sleep(0.3)
+    assert job.status == "IN_PROGRESS"
+    launcher.stop(record, force=True)
+    await wait_for(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
+    assert job.status == "CANCELLED"
+    assert runpod_server._stop_signals == {"worker-x": [job.id]}  # the worker will be told
