@@ -11,7 +11,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBearer
 
 COOKIE_NAME = "skutrain_token"
 CSRF_HEADER = "x-skutrain-request"
@@ -54,9 +55,15 @@ class TokenAuth:
                                 headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_write(request: Request) -> None:
+# Declared so the OpenAPI document (and its /docs page's "Authorize" button) knows the scheme;
+# TokenAuth reads the header itself, since the dashboard's cookie is the other source.
+BEARER = HTTPBearer(auto_error=False, scheme_name="SKUTRAIN_API_TOKEN",
+                    description="the server's API token (SKUTRAIN_API_TOKEN)")
+
+
+def require_write(request: Request, _: object = Depends(BEARER)) -> None:
     request.app.state.auth.require(request, write=True)
 
 
-def require_read(request: Request) -> None:
+def require_read(request: Request, _: object = Depends(BEARER)) -> None:
     request.app.state.auth.require(request, write=False)

@@ -233,7 +233,10 @@ async def test_openapi_and_config_schema_are_served(api):
     assert schema == json.loads(json.dumps(config_json_schema()))
     async with httpx.AsyncClient(base_url=str(api.base_url).removesuffix("/api/v1/training/")
                                  .removesuffix("/api/v1/training")) as root:
-        paths = (await root.get("/openapi.json")).json()["paths"]
+        document = (await root.get("/openapi.json")).json()
+    paths = document["paths"]
+    assert document["components"]["securitySchemes"]["SKUTRAIN_API_TOKEN"]["scheme"] == "bearer"
+    assert paths["/api/v1/training/runs"]["post"]["security"] == [{"SKUTRAIN_API_TOKEN": []}]
     for path in ("/api/v1/training/runs", "/api/v1/training/runs/{run_id}/events",
                  "/api/v1/training/runs/{run_id}/resume", "/api/v1/training/models/compare",
                  "/api/v1/training/checkpoints/{checkpoint_id}/register"):
