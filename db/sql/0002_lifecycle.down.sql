@@ -92,6 +92,15 @@ DROP FUNCTION IF EXISTS queue_resume(bigint, text);
 DROP FUNCTION IF EXISTS remaining_epochs(int, int);
 DROP FUNCTION IF EXISTS mark_launched(bigint, bigint, text, text, jsonb);
 DROP FUNCTION IF EXISTS mark_launched_batch(bigint[], bigint[], text, text[], jsonb[]);
+DROP FUNCTION start_run(bigint, bigint, double precision, jsonb);
+ALTER FUNCTION start_run_unlocked(bigint, bigint, double precision, jsonb) RENAME TO start_run;
+DROP FUNCTION finish_run(bigint, bigint, text, text, text, jsonb);
+ALTER FUNCTION finish_run_unlocked(bigint, bigint, text, text, text, jsonb) RENAME TO finish_run;
+DROP FUNCTION release_run(bigint, bigint, text);
+ALTER FUNCTION release_run_unlocked(bigint, bigint, text) RENAME TO release_run;
+DROP FUNCTION append_trainer_events(bigint, bigint, int, text[], jsonb[]);
+ALTER FUNCTION append_trainer_events_unlocked(bigint, bigint, int, text[], jsonb[])
+  RENAME TO append_trainer_events;
 DROP FUNCTION IF EXISTS lock_run_events(bigint);
 
 -- Record a launch once per (run, attempt); fenced on the lease epoch.

@@ -185,6 +185,47 @@ CREATE FUNCTION lock_run_events(p_run_id bigint) RETURNS void LANGUAGE sql AS $$
   SELECT pg_advisory_xact_lock(1802658676, (p_run_id % 2147483647)::int);
 $$;
 
+-- Revision 0001's event-writing functions take the lock too: each is renamed *_unlocked and
+-- called by a wrapper of the same name and signature that locks first.
+ALTER FUNCTION start_run(bigint, bigint, double precision, jsonb) RENAME TO start_run_unlocked;
+CREATE FUNCTION start_run(p_run_id bigint, p_lease_epoch bigint, p_lease_seconds double precision,
+                          p_payload jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  RETURN start_run_unlocked(p_run_id, p_lease_epoch, p_lease_seconds, p_payload);
+END $$;
+
+ALTER FUNCTION finish_run(bigint, bigint, text, text, text, jsonb) RENAME TO finish_run_unlocked;
+CREATE FUNCTION finish_run(p_run_id bigint, p_lease_epoch bigint, p_status text,
+                           p_error_code text DEFAULT NULL, p_error_message text DEFAULT NULL,
+                           p_payload jsonb DEFAULT '{}'::jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  RETURN finish_run_unlocked(p_run_id, p_lease_epoch, p_status, p_error_code, p_error_message,
+                             p_payload);
+END $$;
+
+ALTER FUNCTION release_run(bigint, bigint, text) RENAME TO release_run_unlocked;
+CREATE FUNCTION release_run(p_run_id bigint, p_lease_epoch bigint, p_reason text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  RETURN release_run_unlocked(p_run_id, p_lease_epoch, p_reason);
+END $$;
+
+ALTER FUNCTION append_trainer_events(bigint, bigint, int, text[], jsonb[])
+  RENAME TO append_trainer_events_unlocked;
+CREATE FUNCTION append_trainer_events(p_run_id bigint, p_lease_epoch bigint, p_first_seq int,
+                                      p_types text[], p_payloads jsonb[])
+RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  RETURN append_trainer_events_unlocked(p_run_id, p_lease_epoch, p_first_seq, p_types,
+                                        p_payloads);
+END $$;
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Launches. A job is started held at a gate; mark_launched records what identifies it and emits
