@@ -33,10 +33,12 @@ class Services:
                 "SKUTRAIN_LOG_FORMAT": "json", "SKUTRAIN_RECONCILE_INTERVAL": "0.5", **extra}
 
     def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+        """A service in its own process group, as a terminal's foreground job (Ctrl-C sends
+        SIGINT to the whole group)."""
         log = open(self.data_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=ROOT,
                                 env=self.env(**env), stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, process_group=0)
         self.procs[name] = proc
         return proc
 

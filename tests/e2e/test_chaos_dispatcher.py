@@ -1,6 +1,8 @@
 """Chaos: the dispatcher SIGKILLed between claim and launch, between starting a job and
-recording it, and while its trainers run. Real processes, real Postgres."""
+recording it, and while its trainers run, then Ctrl-C'd. Real processes, real Postgres."""
 import json
+import os
+import signal
 
 import pytest
 
@@ -50,7 +52,16 @@ async def test_dispatcher_killed_at_every_step_each_run_launched_once_max_concur
         # 4. killed while both trainers run; C queued; a new dispatcher must not exceed 2
         services.kill("d3")
         c = await _insert(conn, "queued-while-full")
-        services.dispatcher("d4", max_concurrent=2)
+        d4 = services.dispatcher("d4", max_concurrent=2)
+
+        async def c_running():
+            return await conn.fetchval("SELECT status = 'running' FROM training_runs "
+                                       "WHERE id = $1", c)
+        await wait_until(c_running, 240, "C to run")
+        # 5. Ctrl-C in the dispatcher's terminal (SIGINT to its process group): it stops like
+        #    on SIGTERM and C's trainer, in its own session, trains on to the end
+        os.killpg(d4.pid, signal.SIGINT)
+        assert d4.wait(30) == 0
         rows = await all_final(conn, [a, b, c], timeout=240)
     finally:
         await services.stop_all(conn)
@@ -69,6 +80,7 @@ async def test_dispatcher_killed_at_every_step_each_run_launched_once_max_concur
     for run_id in (a, b):
         types = [(e["attempt"], e["type"]) for e in await events(conn, run_id)]
         assert (1, "run.requeued") in types and (2, "run.launched") in types
+    assert rows[c]["attempt"] == 1  # never requeued: the Ctrl-C left its trainer alone
     # max_concurrent: at no time more than 2 runs between run.started and their final event
     spans = await conn.fetch("""
         SELECT run_id, min(created_at) FILTER (WHERE type = 'run.started') AS s,
