@@ -160,6 +160,9 @@ class LocalLauncher:
         return self.log_dir / f"run-{request.run_id}-attempt-{request.attempt}.log"
 
     async def launch(self, request: LaunchRequest) -> LaunchedJob:
+        held = self._held.get((request.run_id, request.attempt))
+        if held is not None:  # idempotent per (run, attempt): the job already waits at its gate
+            return LaunchedJob(f"pid-{held.pid}", self._identity(request, held.pid))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_path(request)
         command = [
@@ -176,11 +179,14 @@ class LocalLauncher:
                     start_new_session=True,
                     preexec_fn=memory_limiter(get_settings().worker_memory_budget),  # issue 8
                 )
-            identity = {**process_identity(process.pid), "log_path": str(log_path)}
+            identity = self._identity(request, process.pid)
         except (OSError, psutil.Error) as exc:
             raise LaunchFailed(f"could not start the local trainer: {exc}") from exc
         self._held[(request.run_id, request.attempt)] = process
         return LaunchedJob(f"pid-{process.pid}", identity)
+
+    def _identity(self, request: LaunchRequest, pid: int) -> dict[str, Any]:
+        return {**process_identity(pid), "log_path": str(self._log_path(request))}
 
     async def _close_gate(self, request: LaunchRequest, message: bytes) -> None:
         process = self._held.pop((request.run_id, request.attempt), None)
@@ -190,8 +196,12 @@ class LocalLauncher:
             process.stdin.write(message)
             await process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            pass  # the job is gone already
         process.stdin.close()
+        try:
+            await process.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     async def release(self, request: LaunchRequest, job: LaunchedJob) -> None:
         await self._close_gate(request, GATE_OPEN)

@@ -210,3 +210,19 @@ async def test_two_reconcilers_at_once_reach_the_same_end_state(conn, db_url, st
         assert types.count("run.requeued") == 1 and types.count("run.resumed") == 1
     assert await conn.fetchval("SELECT count(*) FROM deleted_runs WHERE cleaned_at IS NULL") == 0
 
+
+
+async def test_local_launch_is_held_at_its_gate_and_idempotent(launcher):
+    from services.dispatcher.launchers import LaunchRequest
+    from services.dispatcher.local_job import NOT_LAUNCHED
+
+    request = LaunchRequest(7, 1, 1)
+    job = await launcher.launch(request)
+    assert await launcher.launch(request) == job  # the same held job, not a second one
+    record = LaunchRecord(7, 1, 1, "local", job.external_id, job.identity)
+    assert launcher.state(record) is JobState.ALIVE
+    process = psutil.Process(job.identity["pid"])
+    assert os.getsid(process.pid) == process.pid  # its own session: a Ctrl-C does not reach it
+    await launcher.abandon(request, job)  # the launch was never recorded: the gate closes
+    assert await asyncio.to_thread(process.wait, 60) == NOT_LAUNCHED
+    assert launcher.state(record) is JobState.GONE
