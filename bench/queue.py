@@ -813,7 +813,7 @@ async def bench(args, work: Path) -> dict:
             "version": pgqueuer.__version__,
             "note": ("pgqueuer 1.6.0's wheel ships no benchmark tool (upstream tools/benchmark.py "
                      "is not part of the installed package and `pgq` has no bench command); "
-                     "its default throughput strategy, a drain and the NOTIFY latency were run "
+                     "drains at our settings and the NOTIFY latency were run "
                      "with pgqueuer's public API (PgQueuer + AsyncpgDriver, uvloop) by this "
                      "script in a separate process."),
         }
