@@ -108,6 +108,7 @@ async def test_register_two_models_and_compare_them(page, catalog_conn):
     assert await page.is_disabled("#compare-selected")
     await picks.nth(0).check()
     await picks.nth(1).check()
+    await screenshot(page, "models_list")
     await page.click("#compare-selected")
     table = page.locator("#compare-table")
     await table.locator("tbody tr").first.wait_for()
