@@ -54,18 +54,27 @@ def _precision_hits(hits: torch.Tensor) -> torch.Tensor:
     return hits.float().cumsum(dim=1) / ranks * hits.float()
 
 
+def average_precisions(hits: torch.Tensor, n_relevant: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query (AP, AP@R) from one precision pass: AP sums precision@i at the hits over the
+    whole list, AP@R only over ranks 1..R; both divide by R, the number of relevant items."""
+    precision = _precision_hits(hits)
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
+    within_r = ranks[None, :] <= n_relevant[:, None]
+    denominator = n_relevant.clamp(min=1)
+    zero = torch.zeros(hits.shape[0], device=hits.device)
+    return (torch.where(n_relevant > 0, precision.sum(dim=1) / denominator, zero),
+            torch.where(n_relevant > 0, (precision * within_r).sum(dim=1) / denominator, zero))
+
+
 def calc_ap(hits: torch.Tensor, n_relevant: torch.Tensor) -> torch.Tensor:
     """Per-query AP: sum of precision@i at the hits, divided by the number of relevant items."""
-    total = _precision_hits(hits).sum(dim=1)
-    return torch.where(n_relevant > 0, total / n_relevant.clamp(min=1), torch.zeros_like(total))
+    return average_precisions(hits, n_relevant)[0]
 
 
 def calc_map_at_r(hits: torch.Tensor, n_relevant: torch.Tensor) -> torch.Tensor:
     """Per-query AP@R: like AP but only ranks 1..R count (R = number of relevant items)."""
-    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
-    within_r = ranks[None, :] <= n_relevant[:, None]
-    total = (_precision_hits(hits) * within_r).sum(dim=1)
-    return torch.where(n_relevant > 0, total / n_relevant.clamp(min=1), torch.zeros_like(total))
+    return average_precisions(hits, n_relevant)[1]
 
 
 @dataclass
@@ -123,6 +132,8 @@ class _Groups:
 
 def _stable_order(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reorder a top-k list so equal scores go by gallery index (the full sort's tie-break)."""
+    if vals.shape[1] < 2 or not bool((vals[:, 1:] == vals[:, :-1]).any()):
+        return vals, idx  # no ties: topk's order is already the ranking
     by_index = torch.argsort(idx, dim=1)
     vals, idx = vals.gather(1, by_index), idx.gather(1, by_index)
     by_score = torch.sort(vals, dim=1, descending=True, stable=True).indices
@@ -151,29 +162,36 @@ def _score_ranked(vals: torch.Tensor, idx: torch.Tensor, query_codes: torch.Tens
     first = torch.zeros_like(n_relevant)
     if hits.shape[1]:
         first = torch.where(hits.any(dim=1), hits.int().argmax(dim=1) + 1, 0)
-    return _Scored(calc_cmc(hits, k_values), calc_ap(hits, n_relevant),
-                   calc_map_at_r(hits, n_relevant), top, first)
+    return _Scored(calc_cmc(hits, k_values), *average_precisions(hits, n_relevant), top, first)
 
 
 def _fallback(sims: torch.Tensor, lowest: torch.Tensor, query_codes: torch.Tensor,
               gallery_codes: torch.Tensor, n_relevant: torch.Tensor, k_values: Sequence[int],
               rows_per_batch: int) -> list[tuple[torch.Tensor, _Scored]]:
-    """Queries whose relevant items lie beyond the shortlist: a top-k as long as the count of
-    items scoring at least the lowest relevant score, or a full stable sort when that is long."""
+    """Queries whose relevant items lie beyond the shortlist. Each needs the items scoring at
+    least its lowest relevant score (`above` of them): queries are grouped by that count in
+    powers of 4, and a group takes a top-k of its largest count, or a stable sort (cut to that
+    count) when it reaches a quarter of the gallery."""
     rows = torch.arange(sims.shape[0], device=sims.device)
     out = []
-    n_gallery = sims.shape[1]
+    n_gallery, kmax = sims.shape[1], max(k_values)
     for start in range(0, len(rows), rows_per_batch):
         batch = rows[start:start + rows_per_batch]
         sub = sims[batch]
-        above = int((sub >= lowest[batch, None]).sum(dim=1).max())
-        if 4 * above <= n_gallery:
-            vals, idx = _stable_order(*torch.topk(sub, max(above, 1), dim=1))
-        else:
-            vals, idx = torch.sort(sub, dim=1, descending=True, stable=True)
+        above = (sub >= lowest[batch, None]).sum(dim=1).clamp(min=1)
+        tiers = torch.ceil(torch.log2(above.float()) / 2)
+        for tier in tiers.unique().tolist():
+            part = tiers == tier
+            width = int(above[part].max())
+            if 4 * width <= n_gallery:
+                vals, idx = _stable_order(*torch.topk(sub[part], width, dim=1))
+            else:
+                vals, idx = (t[:, :max(width, kmax)] for t in torch.sort(
+                    sub[part], dim=1, descending=True, stable=True))
+            members = batch[part]
+            out.append((members, _score_ranked(vals, idx, query_codes[members], gallery_codes,
+                                               n_relevant[members], k_values)))
         del sub
-        out.append((batch, _score_ranked(vals, idx, query_codes[batch], gallery_codes,
-                                         n_relevant[batch], k_values)))
     return out
 
 

@@ -94,8 +94,10 @@ def test_chunked_equals_unchunked_for_any_budget(budget):
                              gallery_sources=sources, memory_budget=budget)
     for k in K_VALUES:
         assert torch.equal(whole.recall[k], chunked.recall[k])
-    for name in ("ap", "ap_at_r", "n_relevant", "topk", "first_rank"):
+    for name in ("n_relevant", "topk", "first_rank"):
         assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
+    for name in ("ap", "ap_at_r"):  # float sums over lists of another length: last-bit equal
+        assert torch.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-6), name
 
 
 def test_against_pytorch_metric_learning():
