@@ -77,9 +77,12 @@ class RunPodServer:
         self.jobs: dict[str, RemoteJob] = {}
         self.worker_seen: dict[str, float] = {}
         self.pings: list[dict[str, str]] = []
-        self._stop_signals: dict[str, list[str]] = {}
+        # worker -> {job id: when to (re)send its stop}; a stop that reaches the SDK before it
+        # registered the job's task is lost there, so it is re-sent every second until the
+        # worker takes jobs again with job_in_progress=0
+        self._stop_signals: dict[str, dict[str, float]] = {}
         self._rate_limited = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # wait_for predicates may call job()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -226,7 +229,7 @@ class RunPodServer:
                 error: str | None = None) -> None:
         """Caller holds the lock. A job a worker runs is told to stop through job-stop."""
         if job.status == "IN_PROGRESS" and status in ("CANCELLED", "TIMED_OUT") and job.worker_id:
-            self._stop_signals.setdefault(job.worker_id, []).append(job.id)
+            self._stop_signals.setdefault(job.worker_id, {})[job.id] = time.monotonic()
         job.status, job.output, job.error = status, output, error
         job.finished_at = time.monotonic()
 
@@ -304,6 +307,9 @@ class RunPodServer:
         if (refused := self._worker_check(request)) is not None:
             return refused
         worker = request.match_info["worker"]
+        if request.query.get("job_in_progress") == "0":
+            with self._lock:
+                self._stop_signals.pop(worker, None)  # it runs nothing: nothing left to stop
         deadline = time.monotonic() + self.long_poll
         while time.monotonic() < deadline:
             with self._lock:
@@ -323,7 +329,9 @@ class RunPodServer:
         deadline = time.monotonic() + self.long_poll
         while time.monotonic() < deadline:
             with self._lock:
-                if ids := self._stop_signals.pop(worker, None):
+                pending = self._stop_signals.get(worker, {})
+                if ids := [job_id for job_id, at in pending.items() if at <= time.monotonic()]:
+                    pending.update({job_id: time.monotonic() + 1.0 for job_id in ids})
                     return web.json_response({"jobsToStop": ids})
             await asyncio.sleep(0.05)
         return web.Response(status=204)
