@@ -21,15 +21,18 @@ def run_handler(job: dict, env: dict) -> subprocess.CompletedProcess:
         env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
 
 
-async def test_test_input_runs_the_trainer_which_sees_a_stale_lease(conn, db_url, tmp_path):
-    run_id = await repository.insert_run(conn, "local", {})
+async def test_test_input_runs_the_trainer_against_the_database(conn, db_url, tmp_path):
+    """A claimed run whose config the trainer refuses: the trainer ends it (fenced on the
+    job's lease_epoch) and the handler reports the attempt ended."""
+    run_id = await repository.insert_run(conn, "local", {"training": {"epochs": "many"}})
     (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
-    stale = job_input(run_id, claimed.attempt, claimed.lease_epoch + 1, {"progress_interval": 0})
-    done = run_handler({"input": stale}, {"DATABASE_URL": db_url,
-                                          "SKUTRAIN_DATA_DIR": str(tmp_path)})
+    job = job_input(run_id, claimed.attempt, claimed.lease_epoch, {"progress_interval": 0})
+    done = run_handler({"input": job}, {"DATABASE_URL": db_url,
+                                        "SKUTRAIN_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "'outcome': 'lease_lost'" in done.stdout  # the trainer ran and was fenced out
-    assert (await repository.get_run(conn, run_id))["status"] == "claimed"  # nothing written
+    assert f"'output': {{'run_id': {run_id}, 'attempt': 1, 'outcome': 'ended'}}" in done.stdout
+    row = await repository.get_run(conn, run_id)
+    assert (row["status"], row["error_code"]) == ("failed", "invalid_config")
 
 
 def test_input_beyond_ids_and_settings_is_refused_without_echoing_it():
