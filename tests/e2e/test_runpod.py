@@ -26,6 +26,7 @@ from services.reconciler.service import Reconciler, ReconcilerConfig
 from services.trainer import checkpoints
 from tests.conftest import _admin
 from tests.e2e.conftest import TINY_RUN, wait_for_status
+from tests.support.polling import until
 from tests.support.runpod_server import RunPodServer, start_worker
 
 pytestmark = pytest.mark.slow
@@ -152,14 +153,6 @@ def kill_tree(process):
 async def insert(conn, name, doc):
     return await conn.fetchval("INSERT INTO training_runs (name, config) VALUES ($1, $2) "
                                "RETURNING id", name, doc)
-
-
-async def until(predicate, timeout=60.0):
-    for _ in range(int(timeout / 0.1)):
-        if value := await predicate():
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met")
 
 
 def jobs_of(server, run_id):

@@ -12,6 +12,7 @@ from services.common.storage import LocalStorage
 from services.dispatcher.launchers import NoopLauncher
 from services.dispatcher.service import Dispatcher, DispatcherConfig
 from services.reconciler.service import Reconciler, ReconcilerConfig
+from tests.support.polling import until
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +26,6 @@ def scrape(port) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-async def wait_for(predicate, timeout=15.0):
-    for _ in range(int(timeout / 0.05)):
-        if value := await predicate():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met")
-
-
 async def test_dispatcher_and_reconciler_metrics_are_scraped(metrics_port, db_url, catalog_conn,
                                                              tmp_path):
     conn = catalog_conn
@@ -43,7 +36,7 @@ async def test_dispatcher_and_reconciler_metrics_are_scraped(metrics_port, db_ur
     await dispatcher.start()
     task = asyncio.create_task(dispatcher.wait())
     try:
-        await wait_for(lambda: conn.fetchval(
+        await until(lambda: conn.fetchval(
             "SELECT count(*) = 2 FROM training_runs WHERE status IN ('claimed', 'failed')"))
     finally:
         dispatcher.stop()
@@ -76,7 +69,7 @@ async def test_dispatcher_and_reconciler_metrics_are_scraped(metrics_port, db_ur
                             ReconcilerConfig(poll_interval=60, orphan_interval=3600))
     await reconciler.start()
     try:
-        await wait_for(lambda: conn.fetchval(
+        await until(lambda: conn.fetchval(
             "SELECT status = 'queued' FROM training_runs WHERE id = $1", good))
     finally:
         reconciler.stop()

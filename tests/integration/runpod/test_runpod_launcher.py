@@ -17,6 +17,7 @@ from services.common.errors import (
 from services.dispatcher.launchers import JobState, LaunchRecord, LaunchRequest
 from services.dispatcher.runpod_launcher import RunPodLauncher
 from services.dispatcher.service import Dispatcher, DispatcherConfig
+from tests.support.polling import until
 
 SECRET_DB_URL = "postgresql://skutrain:db-password-123@db.internal:5432/skutrain"
 
@@ -26,15 +27,6 @@ def make_launcher(server, db_url, **kwargs):
                    database_url=db_url, job_settings={"progress_interval": 0.5, "log_level": "INFO"},
                    poll_interval=0.1, backoff_base=0.01, backoff_cap=0.05)
     return RunPodLauncher(**(options | kwargs))
-
-
-async def wait_for(predicate, timeout=15.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if value := await predicate():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 async def test_payload_carries_ids_and_non_secret_settings_only_and_launch_is_idempotent(
@@ -112,7 +104,7 @@ async def runpod_dispatcher(db_url, catalog_conn, runpod_server):
 
 async def launched_run(conn, server, name):
     run_id = await repository.insert_run(conn, name, {})
-    row = await wait_for(lambda: conn.fetchrow(
+    row = await until(lambda: conn.fetchrow(
         "SELECT * FROM run_launches WHERE run_id = $1 AND external_job_id IS NOT NULL", run_id))
     assert server.job(row["external_job_id"]).input["run_id"] == run_id
     return run_id, row
@@ -126,10 +118,10 @@ async def test_runs_end_with_runpods_verdict(conn, runpod_server, runpod_dispatc
     for status, text, code, message in verdicts:
         run_id, launch = await launched_run(conn, runpod_server, status)
         runpod_server.end_job(launch["external_job_id"], status, text)
-        run = await wait_for(lambda: conn.fetchrow(
+        run = await until(lambda: conn.fetchrow(
             "SELECT * FROM training_runs WHERE id = $1 AND status = 'failed'", run_id))
         assert run["error_code"] == code and message in run["error_message"]
-        ended = await wait_for(lambda: conn.fetchrow(
+        ended = await until(lambda: conn.fetchrow(
             "SELECT * FROM run_launches WHERE run_id = $1 AND ended_at IS NOT NULL", run_id))
         assert ended["attempt"] == 1  # failed, not requeued
     failures = metrics.LAUNCH_FAILURES.labels(launcher="runpod", error_code="runpod_timed_out")
@@ -140,7 +132,7 @@ async def test_queued_job_holds_the_lease_and_the_run_says_it_waits(conn, runpod
                                                                     runpod_dispatcher):
     run_id, launch = await launched_run(conn, runpod_server, "waiting")
     first_lease = (await repository.get_run(conn, run_id))["lease_expires_at"]
-    events = await wait_for(lambda: conn.fetch(
+    events = await until(lambda: conn.fetch(
         "SELECT payload FROM training_events WHERE run_id = $1 AND type = 'run.waiting'", run_id))
     payload = events[0]["payload"]
     assert "waiting in the RunPod queue" in payload["message"]
@@ -152,7 +144,7 @@ async def test_queued_job_holds_the_lease_and_the_run_says_it_waits(conn, runpod
     launcher = runpod_dispatcher.launcher
     assert launcher.state(record) is JobState.ALIVE
     launcher.stop(record, force=False)  # queued: no trainer to honour a cancel, so at once
-    await wait_for(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
+    await until(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
     assert runpod_server.job(launch["external_job_id"]).status == "CANCELLED"
 
 
@@ -162,11 +154,11 @@ async def test_only_a_forced_stop_cancels_a_running_job(conn, runpod_server, run
     job.status, job.worker_id = "IN_PROGRESS", "worker-x"  # as if a worker had taken it
     record = LaunchRecord.from_row(launch)
     launcher = runpod_dispatcher.launcher
-    await wait_for(lambda: asyncio.sleep(0, launcher.statuses[job.id].status == "IN_PROGRESS"))
+    await until(lambda: asyncio.sleep(0, launcher.statuses[job.id].status == "IN_PROGRESS"))
     launcher.stop(record, force=False)  # graceful: the trainer honours the cancel request itself
     await asyncio.sleep(0.3)
     assert job.status == "IN_PROGRESS"
     launcher.stop(record, force=True)
-    await wait_for(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
+    await until(lambda: asyncio.sleep(0, launcher.state(record) is JobState.GONE))
     assert job.status == "CANCELLED"
     assert list(runpod_server._stop_signals["worker-x"]) == [job.id]  # the worker will be told
