@@ -248,6 +248,7 @@ SELECT r.id, r.attempt, r.lease_epoch, r.status, r.cancel_requested_at,
        r.cancel_requested_at < now() - make_interval(secs => $2) AS cancel_overdue,
        r.lease_expires_at < now() AS expired,
        r.progress_at < now() - make_interval(secs => $1) AS stalled,
+       l.launched_at < now() - make_interval(secs => $1) AS start_overdue,
        l.launcher, l.external_job_id, l.identity, l.ended_at
   FROM training_runs r
   LEFT JOIN run_launches l ON l.run_id = r.id AND l.attempt = r.attempt

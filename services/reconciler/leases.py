@@ -51,6 +51,8 @@ async def recover_lease(conn, row, launchers: dict[str, Launcher], stall_timeout
     record = launch_record(row)
     state = job_state(record, launchers)
     attempt = row["attempt"]
+    if state is JobState.ALIVE and row["status"] == "claimed" and not row["start_overdue"]:
+        return None  # still starting (imports, model load): it gets stall_timeout to start_run
     if state is JobState.ALIVE:
         launchers[record.launcher].stop(record, force=True)
     if row["expired"]:

@@ -3,6 +3,8 @@ import asyncio
 import os
 import signal
 
+from pathlib import Path
+
 import psutil
 
 from db import repository
@@ -224,5 +226,25 @@ async def test_local_launch_is_held_at_its_gate_and_idempotent(launcher):
     process = psutil.Process(job.identity["pid"])
     assert os.getsid(process.pid) == process.pid  # its own session: a Ctrl-C does not reach it
     await launcher.abandon(request, job)  # the launch was never recorded: the gate closes
-    assert await asyncio.to_thread(process.wait, 60) == NOT_LAUNCHED
+    # its exit status, unless the event loop's child watcher reaped it first
+    assert await asyncio.to_thread(process.wait, 60) in (NOT_LAUNCHED, None)
     assert launcher.state(record) is JobState.GONE
+    assert Path(job.identity["log_path"]).read_bytes() == b""  # the trainer never ran
+
+
+async def test_a_claimed_job_still_starting_is_not_taken_for_hung(conn, sleeper,
+                                                                   make_reconciler):
+    """Lease expired before the trainer's start_run (a slow start): alive and launched less than
+    stall_timeout ago, it is left alone; past that it is hung."""
+    from services.dispatcher.launchers import process_identity
+    proc = sleeper()
+    run_id = await repository.insert_run(conn, "slow-start", {})
+    (run,) = await repository.claim_runs(conn, "test", 1, 60)
+    await repository.mark_launched(conn, run.id, run.lease_epoch, "local", "pid",
+                                   process_identity(proc.pid))
+    await _expire(conn, run_id)
+    assert (await make_reconciler(stall_timeout=60).sweep(conn)).recovered == 0
+    assert proc.poll() is None
+    await conn.execute("UPDATE run_launches SET launched_at = now() - interval '2 min'")
+    assert (await make_reconciler(stall_timeout=60).sweep(conn)).recovered == 1
+    assert proc.wait(timeout=10) == -signal.SIGKILL
