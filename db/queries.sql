@@ -317,6 +317,61 @@ UNION
 SELECT run_uuid::text FROM deleted_runs WHERE run_uuid = ANY($1::uuid[]) AND cleaned_at IS NULL;
 
 -- ---------------------------------------------------------------------------------------------
+-- Registry: models, on-demand evaluations, extraction, metrics history (services/models)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: registry_register_model
+SELECT register_model($1, $2);
+
+-- name: registry_record_evaluation
+SELECT record_evaluation($1, $2::jsonb);
+
+-- name: registry_checkpoint
+-- A checkpoint with its run: what evaluating or registering it needs.
+SELECT c.id, c.run_id, c.attempt, c.epoch, c.manifest_url, c.is_best, r.run_uuid::text AS run_uuid,
+       r.name AS run_name, r.config
+  FROM checkpoints c JOIN training_runs r ON r.id = c.run_id
+ WHERE c.id = $1;
+
+-- name: registry_list_models
+SELECT id, name, is_default, created_at, checkpoint_id, run_id, run_uuid::text AS run_uuid, attempt,
+       epoch, backbone, embedding_dim, test_recall_at_1, test_map
+  FROM extraction_models ORDER BY id;
+
+-- name: registry_model
+-- One registered model with its checkpoint, run and registered evaluation.
+SELECT m.id, m.name, m.is_default, m.is_active, m.created_at, m.checkpoint_id, m.test_metrics,
+       m.cross_domain_metrics, m.per_category, m.test_split_digest, m.evaluation_id,
+       c.run_id, c.attempt, c.epoch, c.manifest_url, r.run_uuid::text AS run_uuid,
+       r.name AS run_name, r.config, e.hard_cases, e.num_images AS test_images
+  FROM trained_models m
+  JOIN checkpoints c ON c.id = m.checkpoint_id
+  JOIN training_runs r ON r.id = c.run_id
+  LEFT JOIN evaluations e ON e.id = m.evaluation_id
+ WHERE m.id = $1;
+
+-- name: registry_products_info
+SELECT id, product_name, brand_name, category FROM products WHERE id = ANY($1::bigint[]);
+
+-- name: registry_extraction_products
+-- Products to extract ($1: ids, or NULL for all), with what the manifest builder reads.
+SELECT id, barcode, product_name, brand_name, category, frames_path, frame_count
+  FROM products WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[]) ORDER BY id;
+
+-- name: registry_extraction_images
+SELECT id, product_id, url, domain, frame_index, source_key
+  FROM product_images WHERE product_id = ANY($1::bigint[]) ORDER BY id;
+
+-- name: registry_metrics_history
+SELECT * FROM run_metrics_history WHERE run_id = $1 ORDER BY epoch, attempt, created_at;
+
+-- Input limits and operator tools (issue 8) ---------------------------------------------------
+
+-- name: schema_present
+-- Whether the database was ever upgraded (`skutrain db upgrade`): services say so at start.
+SELECT to_regclass('training_runs') IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
 -- RunPod launcher and Prometheus metrics (services/dispatcher/runpod_launcher.py,
 -- services/common/metrics.py)
 -- ---------------------------------------------------------------------------------------------
@@ -339,9 +394,3 @@ SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS i
      WHERE run_id = r.id AND attempt = r.attempt AND type = 'epoch.completed'
      ORDER BY seq DESC LIMIT 1) e
  WHERE r.status = 'running';
-
--- Input limits and operator tools (issue 8) ---------------------------------------------------
-
--- name: schema_present
--- Whether the database was ever upgraded (`skutrain db upgrade`): services say so at start.
-SELECT to_regclass('training_runs') IS NOT NULL;

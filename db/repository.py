@@ -368,6 +368,52 @@ async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
 
 
+# -- Registry: models, on-demand evaluations, extraction, metrics history ---------------------
+async def register_model(conn, checkpoint_id: int, name: str) -> int:
+    """The new trained_models id; Refused without a test evaluation or with a taken name,
+    NotFound for a missing checkpoint."""
+    return await _refusable(conn, "registry_register_model", checkpoint_id, name)
+
+
+async def record_evaluation(conn, checkpoint_id: int, payload: dict) -> int:
+    """Store an on-demand evaluation (and its evaluation.recorded event); returns its id."""
+    return await _refusable(conn, "registry_record_evaluation", checkpoint_id, payload)
+
+
+async def registry_checkpoint(conn, checkpoint_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(QUERIES["registry_checkpoint"], checkpoint_id)
+
+
+async def registered_models(conn) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["registry_list_models"])
+
+
+async def registered_model(conn, model_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(QUERIES["registry_model"], model_id)
+
+
+async def products_info(conn, product_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    rows = await conn.fetch(QUERIES["registry_products_info"], list(product_ids))
+    return {r["id"]: r for r in rows}
+
+
+async def extraction_catalog(conn, product_ids: Sequence[int] | None
+                             ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """(products, their product_images rows) for building an extraction manifest."""
+    products = await conn.fetch(QUERIES["registry_extraction_products"],
+                                None if product_ids is None else list(product_ids))
+    images = await conn.fetch(QUERIES["registry_extraction_images"], [p["id"] for p in products])
+    return products, images
+
+
+async def metrics_history_rows(conn, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["registry_metrics_history"], run_id)
+
+
+async def schema_present(conn) -> bool:
+    return await conn.fetchval(QUERIES["schema_present"])
+
+
 # -- RunPod launcher and metrics ----------------------------------------------------------------
 async def note_run_waiting(conn, run_id: int, lease_epoch: int, payload: dict) -> bool:
     """A `run.waiting` event on a claimed run whose job no worker has taken yet (fenced)."""
@@ -381,7 +427,3 @@ async def metrics_queue_depth(conn) -> dict[str, int]:
 async def metrics_trainer_throughput(conn) -> list[tuple[str, float]]:
     rows = await conn.fetch(QUERIES["metrics_trainer_throughput"])
     return [(r["run"], r["images_per_second"]) for r in rows if r["images_per_second"] is not None]
-
-
-async def schema_present(conn) -> bool:
-    return await conn.fetchval(QUERIES["schema_present"])

@@ -296,89 +296,6 @@ def cmd_api(args, settings: Settings) -> int:
     return 0
 
 
-# -- arguments and errors a person can act on --------------------------------------------
-async def require_schema(url: str) -> None:
-    """A service on a database that was never upgraded would fail every tick: say so once."""
-    from db import repository
-    from services.common.errors import SchemaMissing
-
-    conn = await repository.connect(url)
-    try:
-        if not await repository.schema_present(conn):
-            raise SchemaMissing(f"the database at {redact_text(url)} has no skutrain schema: "
-                                "run `skutrain db upgrade` first")
-    finally:
-        await conn.close()
-
-
-def _at_least(minimum: float, kind: type = int):
-    """An argparse type: a number of `kind` >= `minimum` (0 batches or 0 slots make no sense)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
-        if not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
-        if kind is int and value > BIGINT_MAX:
-            raise argparse.ArgumentTypeError(f"must be at most {BIGINT_MAX}, got {text}")
-        return value
-    return parse
-
-
-BIGINT_MAX = 2**63 - 1
-_positive_int = _at_least(1)
-_positive_float = _at_least(1e-3, float)
-
-
-def _json_object(text: str) -> dict:
-    """An argparse type: a JSON object (a run config)."""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {_one_line(exc)}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _one_line(exc: BaseException) -> str:
-    return terminal_safe(safe_message(str(exc).strip() or type(exc).__name__, 500))
-
-
-def describe_error(exc: BaseException) -> str | None:
-    """One line for an error a person can act on; None for a bug (it keeps its traceback)."""
-    import asyncpg
-
-    from services.common.errors import SkutrainError
-
-    if isinstance(exc, SkutrainError):
-        return f"{exc.code}: {_one_line(exc)}"
-    if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)):
-        return (f"the database has no skutrain schema ({_one_line(exc)}): run "
-                "`skutrain db upgrade` first")
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return f"{_one_line(exc)}: create it, or check DATABASE_URL (`skutrain db url`)"
-    if isinstance(exc, (asyncpg.InvalidAuthorizationSpecificationError,
-                        asyncpg.InvalidPasswordError)):
-        return f"the database refused the login: {_one_line(exc)}; check DATABASE_URL"
-    if isinstance(exc, _connection_errors()) or type(exc).__name__ == "OperationalError":
-        return (f"cannot reach the database: {_one_line(exc)}; is it running? "
-                "(`skutrain db url` shows which one)")
-    if isinstance(exc, asyncpg.PostgresError) and (
-            exc.sqlstate in ("P0002", "SK010")
-            or exc.sqlstate[:2] in ("22", "23")):  # no such row, refused, bad data, constraint
-        return _one_line(exc)
-    return None
-
-
-def _stdout_closed() -> int:
-    """`skutrain events tail | head`: the reader left; stop quietly, as a SIGPIPE would."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 141
-
-
 # -- models: registry, evaluation, extraction, search, history, comparison ------------------
 def _models_command(settings: Settings, work) -> int:
     """Run `work(conn)` on a database connection (errors reach `main`'s describe_error)."""
@@ -513,6 +430,89 @@ def cmd_runs_report(args, settings: Settings) -> int:
         print(f"chart: {path}")
 
     return _models_command(settings, work)
+
+
+# -- arguments and errors a person can act on --------------------------------------------
+async def require_schema(url: str) -> None:
+    """A service on a database that was never upgraded would fail every tick: say so once."""
+    from db import repository
+    from services.common.errors import SchemaMissing
+
+    conn = await repository.connect(url)
+    try:
+        if not await repository.schema_present(conn):
+            raise SchemaMissing(f"the database at {redact_text(url)} has no skutrain schema: "
+                                "run `skutrain db upgrade` first")
+    finally:
+        await conn.close()
+
+
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind` >= `minimum` (0 batches or 0 slots make no sense)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if kind is int and value > BIGINT_MAX:
+            raise argparse.ArgumentTypeError(f"must be at most {BIGINT_MAX}, got {text}")
+        return value
+    return parse
+
+
+BIGINT_MAX = 2**63 - 1
+_positive_int = _at_least(1)
+_positive_float = _at_least(1e-3, float)
+
+
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object (a run config)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {_one_line(exc)}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return terminal_safe(safe_message(str(exc).strip() or type(exc).__name__, 500))
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """One line for an error a person can act on; None for a bug (it keeps its traceback)."""
+    import asyncpg
+
+    from services.common.errors import SkutrainError
+
+    if isinstance(exc, SkutrainError):
+        return f"{exc.code}: {_one_line(exc)}"
+    if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)):
+        return (f"the database has no skutrain schema ({_one_line(exc)}): run "
+                "`skutrain db upgrade` first")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{_one_line(exc)}: create it, or check DATABASE_URL (`skutrain db url`)"
+    if isinstance(exc, (asyncpg.InvalidAuthorizationSpecificationError,
+                        asyncpg.InvalidPasswordError)):
+        return f"the database refused the login: {_one_line(exc)}; check DATABASE_URL"
+    if isinstance(exc, _connection_errors()) or type(exc).__name__ == "OperationalError":
+        return (f"cannot reach the database: {_one_line(exc)}; is it running? "
+                "(`skutrain db url` shows which one)")
+    if isinstance(exc, asyncpg.PostgresError) and (
+            exc.sqlstate in ("P0002", "SK010")
+            or exc.sqlstate[:2] in ("22", "23")):  # no such row, refused, bad data, constraint
+        return _one_line(exc)
+    return None
+
+
+def _stdout_closed() -> int:
+    """`skutrain events tail | head`: the reader left; stop quietly, as a SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 # -- runpod and metrics -------------------------------------------------------------------

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
 
     api_token: SecretStr | None = Field(default=None, validation_alias="SKUTRAIN_API_TOKEN")
 
+    # Memory one training job may use (bytes); unset: 3/4 of this machine's memory. The local
+    # trainer runs under it as RLIMIT_DATA; preflight refuses configs planned above it.
+    worker_memory_bytes: int | None = Field(default=None, ge=256 * 1024**2,
+                                            validation_alias="SKUTRAIN_WORKER_MEMORY_BYTES")
+    worker_device: Literal["cpu", "cuda"] = Field(default="cpu",
+                                                  validation_alias="SKUTRAIN_WORKER_DEVICE")
+
     # Lifecycle (dispatcher + reconciler): attempts per run, when a lease counts as hung, how
     # long a cancelled job gets before SIGKILL, how many checkpoints to keep (None: all).
     max_attempts: int = Field(default=3, ge=1, validation_alias="SKUTRAIN_MAX_ATTEMPTS")
@@ -67,13 +74,6 @@ class Settings(BaseSettings):
     # Fault injection for the chaos tests: the dispatcher SIGKILLs itself at this point.
     dispatcher_crash_at: Literal["after_claim", "after_start"] | None = Field(
         default=None, validation_alias="SKUTRAIN_DISPATCHER_CRASH_AT")
-
-    # Memory one training job may use (bytes); unset: 3/4 of this machine's memory. The local
-    # trainer runs under it as RLIMIT_DATA; preflight refuses configs planned above it.
-    worker_memory_bytes: int | None = Field(default=None, ge=256 * 1024**2,
-                                            validation_alias="SKUTRAIN_WORKER_MEMORY_BYTES")
-    worker_device: Literal["cpu", "cuda"] = Field(default="cpu",
-                                                  validation_alias="SKUTRAIN_WORKER_DEVICE")
 
     log_format: str = Field(default="auto", validation_alias="SKUTRAIN_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="SKUTRAIN_LOG_LEVEL")
