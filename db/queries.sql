@@ -394,3 +394,12 @@ SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS i
      WHERE run_id = r.id AND attempt = r.attempt AND type = 'epoch.completed'
      ORDER BY seq DESC LIMIT 1) e
  WHERE r.status = 'running';
+
+-- ---------------------------------------------------------------------------------------------
+-- Reconciler: superseded resume states (services/reconciler/resume_states.py)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: drop_superseded_resume_states
+-- Null resume_state_url on run $1's checkpoints except the latest resumable one (fenced on the
+-- run not being active); the run's uuid and the kept (epoch, attempt), or no row.
+SELECT * FROM drop_superseded_resume_states($1);

@@ -364,6 +364,12 @@ async def settle_checkpoints(conn, run_id: int, best_id: int | None,
     return await conn.fetchval(QUERIES["settle_checkpoints"], run_id, best_id, list(delete_ids))
 
 
+async def drop_superseded_resume_states(conn, run_id: int) -> asyncpg.Record | None:
+    """(run_uuid, kept_epoch, kept_attempt) once only the latest resumable checkpoint of run
+    `run_id` names a resume state; None when the run is active or gone."""
+    return await conn.fetchrow(QUERIES["drop_superseded_resume_states"], run_id)
+
+
 async def existing_run_uuids(conn, uuids: Sequence[str]) -> set[str]:
     return {r[0] for r in await conn.fetch(QUERIES["existing_run_uuids"], list(uuids))}
 

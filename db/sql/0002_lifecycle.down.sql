@@ -79,6 +79,7 @@ END $$;
 
 DROP TRIGGER IF EXISTS training_runs_before_delete ON training_runs;
 DROP FUNCTION IF EXISTS training_runs_before_delete();
+DROP FUNCTION IF EXISTS drop_superseded_resume_states(bigint);
 DROP FUNCTION IF EXISTS settle_checkpoints(bigint, bigint, bigint[]);
 DROP FUNCTION IF EXISTS remove_run(bigint);
 DROP FUNCTION IF EXISTS remove_checkpoint(bigint);

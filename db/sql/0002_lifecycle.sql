@@ -575,3 +575,29 @@ BEGIN
      AND NOT EXISTS (SELECT 1 FROM trained_models m WHERE m.checkpoint_id = c.id);
   RETURN true;
 END $$;
+
+-- Superseded resume states of a run that no longer trains: only the latest resumable checkpoint
+-- (the one queue_resume would choose) keeps its resume_state_url; every other row loses it.
+-- Rows first: the reconciler deletes the bytes afterwards (services/reconciler/resume_states.py),
+-- so no row ever names deleted bytes. Returns the run's uuid and the kept (epoch, attempt), or no
+-- row when the run is active or gone.
+CREATE FUNCTION drop_superseded_resume_states(p_run_id bigint)
+RETURNS TABLE (run_uuid text, kept_epoch int, kept_attempt int) LANGUAGE plpgsql AS $$
+DECLARE
+  v_kept checkpoints%ROWTYPE;
+BEGIN
+  PERFORM lock_run_events(p_run_id);
+  SELECT r.run_uuid::text INTO run_uuid FROM training_runs r
+   WHERE r.id = p_run_id AND r.status NOT IN ('claimed', 'running') FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  SELECT c.* INTO v_kept FROM checkpoints c
+   WHERE c.run_id = p_run_id AND c.resume_state_url IS NOT NULL AND c.delete_requested_at IS NULL
+   ORDER BY c.epoch DESC, c.attempt DESC LIMIT 1;
+  UPDATE checkpoints c SET resume_state_url = NULL
+   WHERE c.run_id = p_run_id AND c.resume_state_url IS NOT NULL AND c.id IS DISTINCT FROM v_kept.id;
+  kept_epoch := v_kept.epoch;
+  kept_attempt := v_kept.attempt;
+  RETURN NEXT;
+END $$;

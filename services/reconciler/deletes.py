@@ -10,7 +10,7 @@ import asyncio
 from db import repository
 from services.common.storage import ObjectRef, Storage
 from services.dispatcher.launchers import JobState, Launcher, LaunchRecord
-from services.trainer.checkpoints import BUCKET, attempt_prefix
+from services.common.storage_layout import BUCKET, run_prefix
 
 MANIFEST = "manifest.json"
 
@@ -28,10 +28,6 @@ def checkpoint_prefix(manifest_url: str) -> ObjectRef:
     """The folder of a checkpoint (its shards, manifest and resume state)."""
     ref = ObjectRef.parse(manifest_url)
     return ObjectRef(ref.bucket, ref.key.rsplit("/", 1)[0] + "/")
-
-
-def run_prefix(run_uuid: str) -> str:
-    return attempt_prefix(run_uuid, 0).rsplit("attempt-", 1)[0]
 
 
 async def sweep_checkpoints(conn, storage: Storage, limit: int) -> int:

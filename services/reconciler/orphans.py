@@ -9,8 +9,8 @@ import uuid
 
 from db import repository
 from services.common.storage import Storage
-from services.reconciler.deletes import delete_prefix, run_prefix
-from services.trainer.checkpoints import BUCKET
+from services.common.storage_layout import BUCKET, run_prefix
+from services.reconciler.deletes import delete_prefix
 
 
 def stored_run_uuids(storage: Storage) -> set[str]:

@@ -3,7 +3,8 @@
 Shaped like the dispatcher (services.common.service_loop): woken by NOTIFY on the lifecycle
 channels and sweeping every `poll_interval` seconds so a missed notification only delays it;
 `run_once()` returns what it did. One module per duty: leases (expired or stalled runs), cancel,
-deletes (checkpoints, runs, tombstones), best (is_best and retention), orphans. Every action is
+deletes (checkpoints, runs, tombstones), resume states (superseded ones), best (is_best and
+retention), orphans. Every action is
 fenced in SQL and idempotent, so two reconcilers at once reach the same end state as one, and
 every sweep reads only rows that need work (partial indexes), never the finished history.
 """
@@ -20,7 +21,7 @@ from services.common.logging import get_logger
 from services.common.service_loop import ListeningService
 from services.common.storage import Storage
 from services.dispatcher.launchers import Launcher
-from services.reconciler import best, deletes
+from services.reconciler import best, deletes, resume_states
 from services.reconciler.cancel import enforce_cancel
 from services.reconciler.leases import recover_lease, settle_gone_jobs
 from services.reconciler.orphans import OrphanSweep
@@ -55,6 +56,7 @@ class SweepResult:
     checkpoints_deleted: int = 0
     runs_deleted: int = 0
     tombstones_cleaned: int = 0
+    resume_states_dropped: int = 0
     best_settled: int = 0
     orphans_deleted: int = 0
 
@@ -106,6 +108,8 @@ class Reconciler(ListeningService):
         result.runs_deleted = await deletes.sweep_runs(conn, c.batch)
         result.tombstones_cleaned = await deletes.sweep_tombstones(conn, self.storage,
                                                                    self.launchers, c.batch)
+        result.resume_states_dropped = await resume_states.drop_superseded(conn, self.storage,
+                                                                           c.batch)
         result.best_settled = await best.settle_runs(conn, c.keep_latest, c.batch)
         if time.monotonic() - self._orphans_at >= c.orphan_interval:
             self._orphans_at = time.monotonic()

@@ -37,23 +37,13 @@ from safetensors.torch import save as st_save
 
 from services.common.errors import ChecksumMismatch, ResumeMismatch, StorageError
 from services.common.storage import ObjectRef, Storage
+from services.common.storage_layout import BUCKET, RESUME, attempt_prefix, epoch_prefix
 from services.trainer.model import EmbeddingModel
 
-BUCKET = "checkpoints"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _PART = "::part-"
 _HEADER_BASE = 128  # safetensors length prefix, padding and JSON braces
-
-
-def attempt_prefix(run_uuid: str, attempt: int) -> str:
-    """Where one attempt of a run writes everything it stores."""
-    return f"runs/{run_uuid}/attempt-{attempt}/"
-
-
-def epoch_prefix(prefix: str, epoch: int) -> str:
-    """One epoch's checkpoint (and its resume state) under an attempt's prefix."""
-    return f"{prefix}epoch-{epoch:03d}/"
 
 
 @dataclass
@@ -304,7 +294,7 @@ def save_resume_state(
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    prefix = epoch_prefix(prefix, epoch) + "resume/"
+    prefix = epoch_prefix(prefix, epoch) + RESUME
     parts = []
     for i, start in enumerate(range(0, max(len(data), 1), max_object_bytes)):
         chunk = data[start:start + max_object_bytes]

@@ -10,9 +10,9 @@ import pytest
 from db import repository
 from db.connection import with_database
 from services.common.storage import LocalStorage
+from services.common.storage_layout import BUCKET
 from services.dispatcher.launchers import LocalLauncher
 from services.dispatcher.service import Dispatcher, DispatcherConfig
-from services.trainer.checkpoints import BUCKET
 from tests.conftest import _admin
 from tests.e2e.conftest import TINY_RUN, wait_for_status
 

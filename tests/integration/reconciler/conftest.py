@@ -7,9 +7,9 @@ import pytest
 
 from db import repository
 from services.common.storage import LocalStorage, ObjectRef
+from services.common.storage_layout import BUCKET, attempt_prefix
 from services.dispatcher.launchers import LocalLauncher, process_identity
 from services.reconciler.service import Reconciler, ReconcilerConfig
-from services.trainer.checkpoints import BUCKET, attempt_prefix
 
 
 @pytest.fixture

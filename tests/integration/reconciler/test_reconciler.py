@@ -8,8 +8,8 @@ from pathlib import Path
 import psutil
 
 from db import repository
+from services.common.storage_layout import BUCKET
 from services.dispatcher.launchers import JobState, LaunchRecord
-from services.trainer.checkpoints import BUCKET
 from tests.integration.reconciler.conftest import (identity_of, save_checkpoints, start_running,
                                                    stored_keys)
 
