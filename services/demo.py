@@ -169,7 +169,7 @@ async def _report(conn, row: dict, settings: Settings, console: Console) -> int:
     console.print(f"colour-histogram baseline on the same test split: R@1 "
                   f"{baseline['recall_at_1']:.3f} (trained model: {ratio:.1f}x)")
     storage_root = settings.resolved_storage_dir.resolve()
+    run_prefix = best["manifest_url"].removeprefix("storage://").split("/attempt-")[0]
     console.print(f"checkpoints ({len(checkpoints)}, one per epoch) under "
-                  f"{storage_root}/checkpoints/runs/{row['id']}/; best: "
-                  f"{best['manifest_url']}")
+                  f"{storage_root}/{run_prefix}/; best: {best['manifest_url']}")
     return 0
