@@ -276,7 +276,8 @@ RETURNS boolean LANGUAGE sql AS $$
                               ARRAY[p_external_job_id], ARRAY[p_identity]))[1]
 $$;
 
--- Remaining epochs when a run resumes after its checkpoint of `p_last_completed_epoch`.
+-- Remaining epochs when a run resumes after its checkpoint of `p_last_completed_epoch` (0: none
+-- finished); never negative. The one definition (queue_resume reports it in run.resumed).
 CREATE FUNCTION remaining_epochs(p_total_epochs int, p_last_completed_epoch int)
 RETURNS int LANGUAGE sql IMMUTABLE AS $$
   SELECT greatest(coalesce(p_total_epochs, 0) - coalesce(p_last_completed_epoch, 0), 0)

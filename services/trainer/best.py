@@ -1,7 +1,8 @@
-"""Pure decisions about epochs: the best checkpoint, early stopping, remaining epochs on resume,
-and how often a batch is reported (the progress throttle).
+"""Pure decisions about epochs: the best checkpoint, early stopping and how often a batch is
+reported (the progress throttle). Remaining epochs on resume are decided once, in SQL
+(remaining_epochs(), called by queue_resume: a resume may be requested from psql alone).
 
-Epochs are numbered from 1; `last_completed_epoch` 0 means none has finished yet.
+Epochs are numbered from 1.
 Best = highest validation Recall@1; ties go to the lower validation loss, then the earlier epoch.
 A missing (None) or NaN Recall@1 ranks below every number, a missing or NaN loss above every loss.
 """
@@ -78,16 +79,6 @@ def progress_due(now: float, last_reported: float | None, interval: float, batch
     and last batch of every epoch, and otherwise at most one every `interval` seconds."""
     return (batch in (1, num_batches) or last_reported is None
             or now - last_reported >= interval)
-
-
-def remaining_epochs(total_epochs: int, last_completed_epoch: int) -> int:
-    """Epochs still to train when a run of `total_epochs` resumes after `last_completed_epoch`."""
-    if total_epochs < 1 or last_completed_epoch < 0:
-        raise ValueError(
-            f"need total_epochs >= 1 and last_completed_epoch >= 0, got {total_epochs}, "
-            f"{last_completed_epoch}"
-        )
-    return max(0, total_epochs - last_completed_epoch)
 
 
 def retention_deletes(checkpoints: Iterable[tuple[int, int, int]], best_id: int | None,

@@ -8,7 +8,7 @@ from tests.integration.reconciler.conftest import save_checkpoints, start_runnin
 
 
 @pytest.mark.parametrize("total,last,expected", [(5, 0, 5), (5, 5, 0), (5, 3, 2), (5, 7, 0),
-                                                 (None, 0, 0)])
+                                                 (10, 4, 6), (5, None, 5), (None, 0, 0)])
 async def test_remaining_epochs_edges(conn, total, last, expected):
     assert await conn.fetchval("SELECT remaining_epochs($1, $2)", total, last) == expected
 

@@ -1,9 +1,7 @@
-"""best.py: best-checkpoint choice, early stopping, remaining epochs."""
+"""best.py: best-checkpoint choice, early stopping (remaining epochs: SQL, test_lifecycle_sql)."""
 from __future__ import annotations
 
 import math
-
-import pytest
 
 from services.trainer.best import (
     EarlyStopping,
@@ -11,7 +9,6 @@ from services.trainer.best import (
     best_epoch,
     best_of_history,
     progress_due,
-    remaining_epochs,
 )
 
 
@@ -50,17 +47,6 @@ def test_early_stopping_round_trips_through_a_dict():
     restored = EarlyStopping.from_dict(es.to_dict())
     assert restored == es
     assert restored.update(3, 0.1) is False and restored.update(4, 0.1) is True
-
-
-def test_remaining_epochs():
-    assert remaining_epochs(10, 0) == 10
-    assert remaining_epochs(10, 4) == 6
-    assert remaining_epochs(10, 10) == 0
-    assert remaining_epochs(5, 7) == 0
-    with pytest.raises(ValueError):
-        remaining_epochs(0, 0)
-    with pytest.raises(ValueError):
-        remaining_epochs(3, -1)
 
 
 def test_best_of_history_reads_engine_summaries():
