@@ -7,6 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.s3 import s3_endpoint  # noqa: F401  (the moto S3 server)
+
 
 class ImageServer:
     """Serves `routes`: path -> callable(handler, attempt) writing the answer.
@@ -70,18 +72,6 @@ def image_server():
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3-protocol HTTP server (moto) on a free loopback port."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
