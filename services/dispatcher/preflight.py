@@ -21,12 +21,13 @@ from typing import Any
 
 from db import repository
 from services.common.errors import (
-    DatasetNotFound, InsufficientLabels, ModelUnavailable, ProductsNotFound,
+    DatasetNotFound, ModelUnavailable, ProductsNotFound,
 )
 from services.common.settings import get_settings
 from services.trainer.config import RunConfig, parse_config
 from services.trainer.data.manifest import build_manifest
-from services.trainer.data.split import check_counts, filter_min_samples, split_sizes
+from services.trainer.data.split import (check_counts, check_train_labels,
+                                         filter_min_samples, split_sizes)
 from services.trainer.memory import check_memory
 
 
@@ -104,18 +105,12 @@ def check_products_exist(wanted: list[int], found: set[int]) -> None:
 
 
 def check_labels(config: RunConfig, labels: int) -> None:
-    """The P-K sampler draws p distinct labels per batch from the training split."""
-    if config.sampler.type != "pk":
-        return
+    """Labels of the training split the catalog will give, against the sampler's p."""
     s = config.split
     train_labels = split_sizes(labels, [s.train_ratio, s.val_ratio, s.test_ratio])[0]
-    if train_labels < config.sampler.p:
-        raise InsufficientLabels(
-            f"the training split has {train_labels} labels ({labels} in all, "
-            f"label_field '{config.label_config.label_field}', train_ratio {s.train_ratio:g}) "
-            f"but sampler.p is {config.sampler.p}: lower sampler.p (and training.batch_size) "
-            "or add products",
-            details={"train_labels": train_labels, "labels": labels, "p": config.sampler.p})
+    check_train_labels(config, train_labels,
+                       f"{labels} in all, label_field '{config.label_config.label_field}', "
+                       f"train_ratio {s.train_ratio:g}")
 
 
 def check_model_path(model_path: str) -> None:

@@ -15,7 +15,8 @@ from db import repository
 from services.trainer.config import RunConfig
 from services.trainer.data.download import DownloadConfig, LocalImage, download_images
 from services.trainer.data.manifest import ImageRecord, build_manifest
-from services.trainer.data.split import SPLITS, check_minimums, split_for_run, summarize_splits
+from services.trainer.data.split import (SPLITS, check_minimums, check_train_labels, split_for_run,
+                                         summarize_splits)
 
 DbCall = Callable[[Callable], Any]  # runs `fn(conn)` on the trainer's connection
 
@@ -63,6 +64,8 @@ def prepare_data(db: DbCall, run_id: int, config: RunConfig, *, storage, cache_d
         rows = [{"split": name, **vars(r)} for name in SPLITS for r in splits[name]]
         db(lambda c: repository.store_run_images(c, run_id, rows))
 
+    check_train_labels(config, len({r.label for r in splits["train"]}),
+                       "after downloading, broken images dropped")
     local = {image.record: image for image in result.images}
     summary = summarize_splits(splits)
     summary["download"] = result.report.to_dict()

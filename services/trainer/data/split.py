@@ -24,7 +24,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from services.common.errors import InsufficientImages, InsufficientProducts
+from services.common.errors import InsufficientImages, InsufficientLabels, InsufficientProducts
 
 if TYPE_CHECKING:
     from services.trainer.config import RunConfig
@@ -123,6 +123,17 @@ def check_minimums(
 ) -> None:
     """check_counts over records: distinct products and images."""
     check_counts(len({r.product_id for r in records}), len(records), min_products, min_images)
+
+
+def check_train_labels(config: RunConfig, train_labels: int, context: str) -> None:
+    """The P-K sampler draws p distinct labels per batch from the training split; fewer is a
+    data problem with its own code (checked by preflight on counts, by the trainer on images)."""
+    if config.sampler.type != "pk" or train_labels >= config.sampler.p:
+        return
+    raise InsufficientLabels(
+        f"the training split has {train_labels} labels ({context}) but sampler.p is "
+        f"{config.sampler.p}: lower sampler.p (and training.batch_size) or add products",
+        details={"train_labels": train_labels, "p": config.sampler.p})
 
 
 def split_for_run(

@@ -154,3 +154,16 @@ def test_summary_counts_domains_products_and_labels():
     assert train["labels"] == 7 and train["products"] == 14
     assert sum(train["images_per_domain"].values()) == train["images"]
     assert train["images_per_label"]["min"] >= 8 and train["images_per_label"]["max"] <= 16
+
+
+def test_train_labels_below_p_is_insufficient_labels_with_numbers():
+    from services.common.errors import InsufficientLabels
+    from services.trainer.data.split import check_train_labels
+
+    config = RunConfig.model_validate({"sampler": {"p": 8, "k": 4}, "training": {"batch_size": 32}})
+    check_train_labels(config, 8, "exactly p")
+    with pytest.raises(InsufficientLabels) as err:
+        check_train_labels(config, 7, "after downloading")
+    assert err.value.code == "insufficient_labels"
+    assert "7 labels (after downloading)" in err.value.message and "sampler.p is 8" in err.value.message
+    assert err.value.details == {"train_labels": 7, "p": 8}
