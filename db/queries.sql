@@ -403,3 +403,15 @@ SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS i
 -- Null resume_state_url on run $1's checkpoints except the latest resumable one (fenced on the
 -- run not being active); the run's uuid and the kept (epoch, attempt), or no row.
 SELECT * FROM drop_superseded_resume_states($1);
+
+-- ---------------------------------------------------------------------------------------------
+-- RunPod worker's launch gate (services/trainer/handler.py)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: launch_recorded
+-- Whether the dispatcher has recorded the launch of run $1's attempt $2 at lease_epoch $3 (so
+-- run.launched is committed); no row when that lease no longer holds the run in flight. The
+-- trainer role reads it too (its policy shows runs in flight).
+SELECT launched_attempt IS NOT DISTINCT FROM attempt
+  FROM training_runs
+ WHERE id = $1 AND attempt = $2 AND lease_epoch = $3 AND status IN ('claimed', 'running');

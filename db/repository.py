@@ -74,6 +74,12 @@ async def mark_launched(conn, run_id: int, lease_epoch: int, launcher: str,
                                external_job_id, identity or {})
 
 
+async def launch_recorded(conn, run_id: int, attempt: int, lease_epoch: int) -> bool | None:
+    """True once this attempt's launch is recorded, False while it is not yet, None when the
+    lease no longer holds the run in flight (a stale job)."""
+    return await conn.fetchval(QUERIES["launch_recorded"], run_id, attempt, lease_epoch)
+
+
 async def release_run(conn, run_id: int, lease_epoch: int, reason: str) -> bool:
     return await conn.fetchval(QUERIES["release_run"], run_id, lease_epoch, reason)
 

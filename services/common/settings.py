@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=5.0, gt=0,
                                       validation_alias="SKUTRAIN_RECONCILE_INTERVAL")
     orphan_grace: float = Field(default=3600.0, ge=0, validation_alias="SKUTRAIN_ORPHAN_GRACE")
+    # How long a RunPod worker waits for the dispatcher to record its job's launch before it
+    # trains (past that the job fails; the run's lease expires and the reconciler requeues it).
+    launch_record_timeout: float = Field(default=120.0, gt=0,
+                                         validation_alias="SKUTRAIN_LAUNCH_RECORD_TIMEOUT")
     # Fault injection for the chaos tests: the dispatcher SIGKILLs itself at this point.
     dispatcher_crash_at: Literal["after_claim", "after_start"] | None = Field(
         default=None, validation_alias="SKUTRAIN_DISPATCHER_CRASH_AT")

@@ -4,6 +4,12 @@ A job's input is `JobInput`: run id, attempt, lease_epoch and a few non-secret s
 else (unknown keys are refused, so a payload can never smuggle a secret in). The worker reads its
 database URL, storage keys and hub token from its own environment, like the local trainer.
 
+Before it trains, the worker waits (polling, up to SKUTRAIN_LAUNCH_RECORD_TIMEOUT) until the
+dispatcher has recorded the job's launch, the gate the local launcher holds on the child's stdin:
+run.launched then precedes the trainer's first event, and a job whose dispatcher died before
+recording it never trains unrecorded (it fails; the run's lease expires and the reconciler
+requeues it). A job whose lease moved on is stale: it ends as lease_lost without training.
+
 The training runs as `python -m services.trainer` (the same `run_attempt` the local launcher
 runs) in a child process, so the SDK's event loop stays free to heartbeat and to receive stop
 signals; a stopped job (cancelled or timed out on RunPod) terminates the child: SIGTERM, then
@@ -24,15 +30,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.common.errors import InvalidConfig, TrainingFailed
+from db import repository
+from db.connection import resolve_database_url
+from services.common.errors import InvalidConfig, LaunchFailed, TrainingFailed
 from services.common.logging import redact_text
-from services.common.settings import Settings
+from services.common.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings a job may carry to its worker: none of them is a secret.
 JobSetting = Literal["progress_interval", "log_level", "torch_threads"]
 LEASE_LOST_EXIT = 3  # services.trainer's exit code when another attempt owns the run
 STOP_GRACE_SECONDS = 10.0
+LAUNCH_RECORD_POLL_SECONDS = 0.25
 
 
 class JobInput(BaseModel):
@@ -97,8 +106,35 @@ async def _terminate(process: asyncio.subprocess.Process) -> None:
             continue
 
 
+async def wait_for_launch_record(job: JobInput, database_url: str, timeout: float) -> bool:
+    """True once the dispatcher has recorded this attempt's launch; False when the job is stale
+    (its lease no longer holds the run in flight). LaunchFailed when no record comes in time."""
+    conn = await repository.connect(database_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (recorded := await repository.launch_recorded(
+                conn, job.run_id, job.attempt, job.lease_epoch)):
+            if recorded is None:
+                return False
+            if asyncio.get_running_loop().time() >= deadline:
+                raise LaunchFailed(
+                    f"the launch of run {job.run_id} attempt {job.attempt} was not recorded "
+                    f"within {timeout:g}s (SKUTRAIN_LAUNCH_RECORD_TIMEOUT), so this job did not "
+                    "train: the dispatcher that started it stopped before recording it. The "
+                    "run's lease expires and the reconciler requeues it")
+            await asyncio.sleep(LAUNCH_RECORD_POLL_SECONDS)
+    finally:
+        await conn.close()
+    return True
+
+
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     request = parse_job_input(job["input"])
+    result = {"run_id": request.run_id, "attempt": request.attempt}
+    settings = get_settings()
+    if not await wait_for_launch_record(request, resolve_database_url(settings),
+                                        settings.launch_record_timeout):
+        return {**result, "outcome": "lease_lost"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.trainer", "--run-id", str(request.run_id),
         "--attempt", str(request.attempt), "--lease-epoch", str(request.lease_epoch),
@@ -114,7 +150,6 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
         await _terminate(process)
         reader.cancel()
         raise
-    result = {"run_id": request.run_id, "attempt": request.attempt}
     if code == 0:
         return {**result, "outcome": "ended"}
     if code == LEASE_LOST_EXIT:

@@ -82,6 +82,10 @@ async def test_a_training_attempt_works_as_the_trainer_role(runs, worker_conn):
 
     row = await repository.get_run(worker, run_id)
     assert row["lease_epoch"] == epoch and row["config"] == {}
+    # The RunPod worker's gate: it reads whether the dispatcher recorded its launch.
+    assert await repository.launch_recorded(worker, run_id, 1, epoch) is False
+    assert await repository.mark_launched(admin, run_id, epoch, "runpod", "job-1")
+    assert await repository.launch_recorded(worker, run_id, 1, epoch) is True
     assert await repository.start_run(worker, run_id, epoch, LEASE, {"total_epochs": 1})
     beat = await repository.heartbeat_run(worker, run_id, epoch, LEASE, step=3)
     assert beat.owned and not beat.cancel_requested
@@ -111,6 +115,7 @@ async def test_a_training_attempt_works_as_the_trainer_role(runs, worker_conn):
     assert len(await repository.run_checkpoints(admin, run_id)) == 1
     assert len(await repository.run_evaluations(admin, run_id)) == 1
     assert await repository.get_run(worker, run_id) is None  # finished: no longer visible
+    assert await repository.launch_recorded(worker, run_id, 1, epoch) is None
 
 
 async def test_the_fence_keeps_the_trainer_off_other_runs(runs, worker_conn):
