@@ -183,20 +183,29 @@ def test_four_dispatcher_processes_launch_each_run_exactly_once(db_url):
 
     from tests.conftest import _libpq
 
-    async def setup():
+    async def execute(work):
         conn = await repository.connect(db_url)
-        await repository.insert_catalog(conn, catalog_rows())
-        await conn.execute(
-            "INSERT INTO training_runs (name, config) SELECT 'run-' || g, '{}' "
-            "FROM generate_series(1, 1000) g")
-        await conn.close()
+        try:
+            await work(conn)
+        finally:
+            await conn.close()
 
-    asyncio.run(setup())
+    asyncio.run(execute(lambda conn: repository.insert_catalog(conn, catalog_rows())))
     env = {**os.environ, "DATABASE_URL": db_url, "SKUTRAIN_LOG_LEVEL": "WARNING"}
     procs = [subprocess.Popen([sys.executable, "-m", "services.cli", "dispatcher", "--launcher", "noop",
                                "--poll-interval", "0.2"], env=env) for _ in range(4)]
     try:
         with psycopg.connect(_libpq(db_url), autocommit=True) as pg:
+            # The runs arrive once all four listen, as they would on a running system (a
+            # dispatcher that starts first could otherwise drain the queue alone).
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and pg.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query ILIKE 'LISTEN%'").fetchone()[0] < 4:
+                time.sleep(0.1)
+            asyncio.run(execute(lambda conn: conn.execute(
+                "INSERT INTO training_runs (name, config) SELECT 'run-' || g, '{}' "
+                "FROM generate_series(1, 1000) g")))
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 launched = pg.execute(
