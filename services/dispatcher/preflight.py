@@ -31,6 +31,9 @@ from services.trainer.data.split import (check_counts, check_train_labels,
 from services.trainer.memory import check_memory
 
 
+PARSE_CACHE_SIZE = 1024  # config texts (and text x label count) remembered as valid
+
+
 @dataclass(frozen=True)
 class DataCounts:
     products: int
@@ -55,20 +58,44 @@ class Preflight:
         self.device = device or settings.worker_device
         self.local_worker = local_worker
         self._counts: dict[str, tuple[float, DataCounts]] = {}
+        self._parsed: dict[str, tuple[RunConfig, str]] = {}
+        self._fits: dict[tuple[str, int], bool] = {}
 
     async def check(self, conn, raw_config: Any) -> RunConfig:
-        config = parse_config(raw_config)
+        """`raw_config` decoded, or its JSON text: a text validated before (a burst of runs shares
+        a few configs) skips parsing and, for the same label count, the label and memory checks."""
+        config, counts_key = self._parse(raw_config)
         if self.local_worker and config.model_path is not None:
             check_model_path(config.model_path)
-        counts = await self._count(conn, config)
+        counts = await self._count(conn, config, counts_key)
         check_counts(counts.products, counts.images)
-        check_labels(config, counts.labels)
-        check_memory(config, self.memory_budget, f"the worker's budget ({self.device})",
-                     device=self.device, num_classes=counts.labels)
+        fits_key = (raw_config, counts.labels) if isinstance(raw_config, str) else None
+        if fits_key not in self._fits:
+            check_labels(config, counts.labels)
+            check_memory(config, self.memory_budget, f"the worker's budget ({self.device})",
+                         device=self.device, num_classes=counts.labels)
+            if fits_key is not None:
+                self._remember(self._fits, fits_key, True)
         return config
 
-    async def _count(self, conn, config: RunConfig) -> DataCounts:
-        key = config.model_dump_json(include={"data_source", "image_config", "label_config"})
+    def _parse(self, raw_config: Any) -> tuple[RunConfig, str]:
+        """The validated config and its data key; only valid config texts are remembered."""
+        cached = self._parsed.get(raw_config) if isinstance(raw_config, str) else None
+        if cached is None:
+            config = parse_config(raw_config)
+            cached = config, config.model_dump_json(
+                include={"data_source", "image_config", "label_config"})
+            if isinstance(raw_config, str):
+                self._remember(self._parsed, raw_config, cached)
+        return cached
+
+    @staticmethod
+    def _remember(cache: dict, key, value) -> None:
+        if len(cache) >= PARSE_CACHE_SIZE:
+            cache.clear()
+        cache[key] = value
+
+    async def _count(self, conn, config: RunConfig, key: str) -> DataCounts:
         cached = self._counts.get(key)
         if cached is None or time.monotonic() - cached[0] > self.ttl:
             source = config.data_source

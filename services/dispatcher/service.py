@@ -15,7 +15,6 @@ never the rest of its batch. A job is started held at its launch gate, its launc
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -138,7 +137,7 @@ class Dispatcher(ListeningService):
         if self._stopping.is_set():
             return await self._release(conn, run, "dispatcher stopped")
         try:
-            await self.preflight.check(conn, decode_config(run.config))
+            await self.preflight.check(conn, run.config)
             return run, request, await self.launcher.launch(request)
         except SkutrainError as exc:
             return await self._fail(conn, run, exc, log)
@@ -204,14 +203,3 @@ class Dispatcher(ListeningService):
             self.log.warning("run.release_failed", run_id=run.id, error=redact_text(str(exc)))
         return "released"
 
-
-def decode_config(text: str):
-    """The run's config document, or InvalidConfig for one no decoder here can read (too deep,
-    numbers too long)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidConfig(
-            f"the run config could not be decoded ({type(exc).__name__}: {str(exc)[:200]}): "
-            "store a smaller, flatter JSON document"
-        ) from None
