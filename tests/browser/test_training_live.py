@@ -35,13 +35,14 @@ RECORD = """id => {
 
 
 async def _watch(page, run_id: int, timeout: float) -> tuple[list[dict], bool]:
-    """The row's states until the run is final; a screenshot while it trains."""
+    """The row's states until the run is final; a screenshot while it trains (the bar's moves
+    are checked on the states the page recorded, which a poll from here can miss)."""
     shot = False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         seen = await page.evaluate("window.seen")
         last = seen[-1]
-        if last["status"] == "running" and 0 < last["width"] < 100 and not shot:
+        if last["status"] == "running" and last["width"] < 100 and not shot:
             await screenshot(page, "training_progress")
             shot = True
         if last["status"] in ("completed", "failed", "cancelled"):
