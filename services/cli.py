@@ -15,6 +15,7 @@ from services.common.logging import (
 )
 from services.common.retry import backoff_delay
 from services.common.settings import Settings, get_settings
+from services.trainer.config import BIGINT_MAX
 
 
 def _database_url(settings: Settings) -> str:
@@ -462,7 +463,6 @@ def _at_least(minimum: float, kind: type = int):
     return parse
 
 
-BIGINT_MAX = 2**63 - 1
 _positive_int = _at_least(1)
 _positive_float = _at_least(1e-3, float)
 
