@@ -53,8 +53,6 @@ async def recover_lease(conn, row, launchers: dict[str, Launcher], stall_timeout
     attempt = row["attempt"]
     if state is JobState.ALIVE and row["status"] == "claimed" and not row["start_overdue"]:
         return None  # still starting (imports, model load): it gets stall_timeout to start_run
-    if state is JobState.ALIVE:
-        launchers[record.launcher].stop(record, force=True)
     if row["expired"]:
         metrics.LEASE_EXPIRATIONS.inc()
         if state is JobState.ALIVE:
@@ -73,8 +71,13 @@ async def recover_lease(conn, row, launchers: dict[str, Launcher], stall_timeout
         code, message = "stalled", (
             f"attempt {attempt}'s training step did not advance for {stall_timeout:g} s; "
             "its job was stopped")
+    # Recorded before the job is stopped: a dispatcher that sees the killed job gone first would
+    # otherwise record it as worker_crashed. The recorded attempt is fenced out, so nothing it
+    # writes between the commit and the kill lands.
     outcome = await repository.recover_attempt(conn, row["id"], row["lease_epoch"], code, message,
                                                max_attempts)
+    if state is JobState.ALIVE and outcome is not None:
+        launchers[record.launcher].stop(record, force=True)
     log.warning("run.recovered", run_id=row["id"], attempt=attempt, error_code=code,
                 outcome=outcome)
     return outcome

@@ -2,6 +2,7 @@
 import asyncio
 import os
 import signal
+import threading
 
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import psutil
 
 from db import repository
 from services.common.storage_layout import BUCKET
-from services.dispatcher.launchers import JobState, LaunchRecord
+from services.common.logging import get_logger
+from services.dispatcher.launchers import JobState, LaunchRecord, LocalLauncher
+from services.reconciler.leases import settle_gone_jobs
 from tests.integration.reconciler.conftest import (identity_of, save_checkpoints, start_running,
                                                    stored_keys)
 
@@ -64,6 +67,44 @@ async def test_hung_job_is_killed_and_requeued_as_stalled(conn, sleeper, make_re
     requeued = next(e for e in events if e["type"] == "run.requeued")
     assert requeued["payload"]["reason"] == "stalled"
     assert (await repository.get_run(conn, run.id))["status"] == "queued"
+
+
+async def test_a_dispatcher_seeing_the_killed_job_gone_does_not_relabel_the_hang(
+        conn, db_url, sleeper, launcher, make_reconciler):
+    """The dispatcher settles gone jobs on its own connection; if it looked between the
+    reconciler's kill and its record, the hang would be recorded as worker_crashed. The kill
+    below runs the dispatcher's own settle_gone_jobs, in another thread and connection, the
+    moment the job is dead."""
+    seen = []
+
+    def settle_as_the_dispatcher():
+        async def settle():
+            other = await repository.connect(db_url)
+            try:
+                seen.append(await settle_gone_jobs(other, launcher, 3, get_logger("dispatcher")))
+            finally:
+                await other.close()
+        asyncio.run(settle())
+
+    def stop_then_settle(record, force=False):
+        LocalLauncher.stop(launcher, record, force=force)
+        psutil.Process(proc.pid).wait(timeout=10)
+        thread = threading.Thread(target=settle_as_the_dispatcher)
+        thread.start()
+        thread.join()
+
+    proc = sleeper()
+    run = await start_running(conn, identity=identity_of(proc))
+    os.kill(proc.pid, signal.SIGSTOP)
+    await _expire(conn, run.id)
+    launcher.stop = stop_then_settle
+    assert (await make_reconciler().sweep(conn)).recovered == 1
+    assert seen == [0]  # the launch was already closed by the recorded recovery
+    requeued = [e["payload"]["reason"] for e in await repository.run_events(conn, run.id)
+                if e["type"] == "run.requeued"]
+    assert requeued == ["stalled"]
+    assert await conn.fetchval("SELECT end_reason FROM run_launches WHERE run_id = $1",
+                               run.id) == "stalled"
 
 
 async def test_step_that_does_not_advance_is_stalled(conn, sleeper, make_reconciler):
