@@ -59,7 +59,9 @@ async def test_killed_and_hung_trainers_resume_from_their_last_checkpoint(
     """Run K's trainer is SIGKILLed mid-epoch 2 (the dispatcher sees the pid gone at once); run
     H's is SIGSTOPped there (alive, silent: its lease expires and the reconciler kills it). Both
     resume from epoch 1's checkpoint and complete; two reconcilers run at once throughout."""
-    epochs = 3
+    # five epochs, so a trainer whose events reach the database an epoch or two late (a loaded
+    # machine) is still mid-run when the signal lands
+    epochs = 5
     services = Services(db_url, data_dir)
     try:
         services.dispatcher(max_concurrent=2)
