@@ -128,14 +128,14 @@ async def _with_conn(database_url: str, fn):
         await conn.close()
 
 
-async def _claimed_run(conn, config: RunConfig) -> tuple[int, int, int]:
-    """A run inserted, claimed and launched as the dispatcher would: (id, attempt, epoch)."""
+async def _claimed_run(conn, config: RunConfig) -> tuple[repository.Lease, int]:
+    """A run inserted, claimed and launched as the dispatcher would: (its lease, attempt)."""
     run_id = await repository.insert_run(conn, "bench-trainer-overhead",
                                          config.model_dump(mode="json"), priority=1000)
     (run,) = await repository.claim_runs(conn, "bench", 1, 600)  # the top priority: ours
     assert run.id == run_id, "another queued run came first: use a database of its own"
     await repository.mark_launched(conn, run_id, run.lease_epoch, "bench", None)
-    return run_id, run.attempt, run.lease_epoch
+    return repository.Lease(run_id, run.lease_token), run.attempt
 
 
 def make_config(epochs: int) -> RunConfig:

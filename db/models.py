@@ -129,6 +129,8 @@ class TrainingRun(Base):
     lease_owner: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     lease_epoch: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # drawn by each claim: the trainer's only key to its run (revision 0006), never shown
+    lease_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
     launcher: Mapped[str | None] = mapped_column(Text)
     external_job_id: Mapped[str | None] = mapped_column(Text)
     launched_attempt: Mapped[int | None] = mapped_column(Integer)

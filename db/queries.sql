@@ -5,7 +5,7 @@
 -- name: claim_runs
 -- Claim up to $2 queued runs for owner $1 with a lease of $3 seconds. The config comes back as
 -- text, decoded per run, so one undecodable document fails its run and not the batch.
-SELECT id, name, config::text AS config_text, attempt, lease_epoch, priority
+SELECT id, name, config::text AS config_text, attempt, lease_epoch, lease_token::text, priority
   FROM claim_runs($1, $2, $3);
 
 -- name: mark_launched
@@ -38,8 +38,14 @@ SELECT append_trainer_events($1, $2, $3, $4::text[], $5::jsonb[]);
 SELECT request_cancel($1);
 
 -- name: get_run
--- One run row.
-SELECT * FROM training_runs WHERE id = $1;
+-- One run row, without the claim's lease token (the trainer's key to the run is never shown).
+SELECT id, run_uuid, name, config, status, priority, attempt, lease_owner, lease_expires_at,
+       lease_epoch, launcher, external_job_id, launched_attempt, event_seq, trainer_seq,
+       current_epoch, total_epochs, start_epoch, best_checkpoint_id, best_val_recall_at_1,
+       resume_from_checkpoint_id, cancel_requested_at, delete_requested_at, progress_step,
+       progress_at, checkpoints_dirty, error_code, error_message, data_summary, test_metrics,
+       created_at, updated_at, claimed_at, started_at, finished_at
+  FROM training_runs WHERE id = $1;
 
 -- name: list_runs
 -- Newest runs first.
@@ -108,16 +114,6 @@ RETURNING id;
 -- Add one image of a product.
 INSERT INTO product_images (product_id, url, domain, frame_index, source_key)
 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (product_id, url) DO NOTHING;
-
--- name: delete_run_images
--- Forget a run's stored manifest.
-DELETE FROM run_images WHERE run_id = $1;
-
--- name: insert_run_image
--- Store one image of a run's manifest with its split.
-INSERT INTO run_images (run_id, idx, split, product_id, url, domain, frame_index, label,
-                        category, brand, source_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- name: run_images
 -- A run's stored manifest.
@@ -192,14 +188,6 @@ SELECT DISTINCT ON (run_id) run_id, payload
 
 -- ---------------------------------------------------------------------------------------------
 -- Trainer (services/trainer)
-
--- name: trainer_checkpoint
--- One checkpoint row: what a resumed attempt loads (its resume state) and where it came from.
-SELECT id, run_id, attempt, epoch, manifest_url, resume_state_url FROM checkpoints WHERE id = $1;
-
--- name: trainer_checkpoint_for_epoch
--- The manifest of run $1's checkpoint of epoch $2 (the row of the highest attempt).
-SELECT manifest_url FROM checkpoints WHERE id = checkpoint_for_epoch($1, $2);
 
 -- ---------------------------------------------------------------------------------------------
 -- Lifecycle: launches (dispatcher), leases, cancel, resume, deletes, best, retention (reconciler)
@@ -405,13 +393,48 @@ SELECT r.run_uuid::text AS run, (e.payload ->> 'images_per_second')::float8 AS i
 SELECT * FROM drop_superseded_resume_states($1);
 
 -- ---------------------------------------------------------------------------------------------
--- RunPod worker's launch gate (services/trainer/handler.py)
+-- Trainer (services/trainer): every call names the run and carries the claim's lease token ($2);
+-- the trainer_* functions of revision 0006 are all the skutrain_trainer role may call on runs.
 -- ---------------------------------------------------------------------------------------------
 
--- name: launch_recorded
--- Whether the dispatcher has recorded the launch of run $1's attempt $2 at lease_epoch $3 (so
--- run.launched is committed); no row when that lease no longer holds the run in flight. The
--- trainer role reads it too (its policy shows runs in flight).
-SELECT launched_attempt IS NOT DISTINCT FROM attempt
-  FROM training_runs
- WHERE id = $1 AND attempt = $2 AND lease_epoch = $3 AND status IN ('claimed', 'running');
+-- name: trainer_run
+-- What the attempt reads of its run; no row when the token is not the run's current one.
+SELECT * FROM trainer_run($1, $2::uuid);
+
+-- name: trainer_launch_recorded
+-- Whether the dispatcher recorded the launch of attempt $3 (run.launched committed); NULL when
+-- the token no longer holds the run in flight (a stale job).
+SELECT trainer_launch_recorded($1, $2::uuid, $3);
+
+-- name: trainer_start_run
+-- The trainer takes over the run: status running, lease extended.
+SELECT trainer_start_run($1, $2::uuid, $3, $4::jsonb);
+
+-- name: trainer_heartbeat
+-- Extend the lease and report the training step ($4); returns (owned, cancel_requested).
+SELECT owned, cancel_requested FROM trainer_heartbeat($1, $2::uuid, $3, $4::bigint);
+
+-- name: trainer_append_events
+-- Append the trainer's batch of events (idempotent on the trainer's seq; SK001 when fenced).
+SELECT trainer_append_events($1, $2::uuid, $3, $4::text[], $5::jsonb[]);
+
+-- name: trainer_finish_run
+-- End the run as completed, failed or cancelled.
+SELECT trainer_finish_run($1, $2::uuid, $3, $4, $5, $6::jsonb);
+
+-- name: trainer_checkpoint
+-- Checkpoint $3 of the run (the one a resumed attempt loads), or no row.
+SELECT * FROM trainer_checkpoint($1, $2::uuid, $3);
+
+-- name: trainer_checkpoint_manifest
+-- The manifest URL of the run's checkpoint of epoch $3 (the row of the highest attempt).
+SELECT trainer_checkpoint_manifest($1, $2::uuid, $3);
+
+-- name: trainer_run_images
+-- The run's stored image manifest, in order.
+SELECT * FROM trainer_run_images($1, $2::uuid);
+
+-- name: trainer_store_run_images
+-- Replace the run's image manifest (columns as arrays); returns how many rows were stored.
+SELECT trainer_store_run_images($1, $2::uuid, $3::text[], $4::bigint[], $5::text[], $6::text[],
+                                $7::int[], $8::text[], $9::text[], $10::text[], $11::text[]);

@@ -6,8 +6,8 @@ original kept as `__cause__` (a lost lease becomes LeaseLost).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 import asyncpg
 
@@ -17,6 +17,10 @@ from services.common.errors import LeaseLost, NotFound, Refused
 from services.common.logging import safe_message
 
 LEASE_LOST_SQLSTATE = "SK001"
+
+
+def _lease_lost(exc: asyncpg.PostgresError) -> bool:
+    return getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -40,8 +44,10 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, **kwarg
 
 @dataclass(frozen=True)
 class ClaimedRun:
-    """What a lease holder needs: the run, its attempt and the fencing token. `config` is the
-    document's JSON text: each run decodes its own, so one bad document fails one run."""
+    """What a lease holder needs: the run, its attempt, the fencing epoch (the services' fence)
+    and the lease token (the trainer's only key to the run, handed to its job and nowhere else).
+    `config` is the document's JSON text: each run decodes its own, so one bad document fails
+    one run."""
 
     id: int
     name: str
@@ -49,6 +55,7 @@ class ClaimedRun:
     attempt: int
     lease_epoch: int
     priority: int
+    lease_token: str = field(repr=False, default="")
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ async def claim_runs(conn, owner: str, limit: int, lease_seconds: float) -> list
     rows = await conn.fetch(QUERIES["claim_runs"], owner, limit, float(lease_seconds))
     return [
         ClaimedRun(r["id"], r["name"], r["config_text"], r["attempt"], r["lease_epoch"],
-                   r["priority"])
+                   r["priority"], r["lease_token"])
         for r in rows
     ]
 
@@ -72,12 +79,6 @@ async def mark_launched(conn, run_id: int, lease_epoch: int, launcher: str,
                         external_job_id: str | None, identity: dict | None = None) -> bool:
     return await conn.fetchval(QUERIES["mark_launched"], run_id, lease_epoch, launcher,
                                external_job_id, identity or {})
-
-
-async def launch_recorded(conn, run_id: int, attempt: int, lease_epoch: int) -> bool | None:
-    """True once this attempt's launch is recorded, False while it is not yet, None when the
-    lease no longer holds the run in flight (a stale job)."""
-    return await conn.fetchval(QUERIES["launch_recorded"], run_id, attempt, lease_epoch)
 
 
 async def release_run(conn, run_id: int, lease_epoch: int, reason: str) -> bool:
@@ -116,7 +117,7 @@ async def append_trainer_events(conn, run_id: int, lease_epoch: int, first_seq: 
             [t for t, _ in events], [p for _, p in events],
         )
     except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE:
+        if _lease_lost(exc):
             raise LeaseLost(str(exc)) from exc
         raise
 
@@ -194,18 +195,6 @@ async def insert_catalog(conn, products: Iterable[dict]) -> int:
     return count
 
 
-async def store_run_images(conn, run_id: int, rows: Sequence[dict]) -> None:
-    """Replace the run's stored manifest with `rows` (dicts with split and the image fields)."""
-    async with conn.transaction():
-        await conn.execute(QUERIES["delete_run_images"], run_id)
-        await conn.executemany(
-            QUERIES["insert_run_image"],
-            [(run_id, i, r["split"], r["product_id"], r["url"], r["domain"], r.get("frame_index"),
-              r["label"], r.get("category"), r.get("brand"), r.get("source_key"))
-             for i, r in enumerate(rows)],
-        )
-
-
 async def run_images(conn, run_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(QUERIES["run_images"], run_id)
 
@@ -258,15 +247,6 @@ async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
 
 
 # -- Trainer ----------------------------------------------------------------------------------
-async def get_checkpoint(conn, checkpoint_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow(QUERIES["trainer_checkpoint"], checkpoint_id)
-
-
-async def checkpoint_manifest_for_epoch(conn, run_id: int, epoch: int) -> str | None:
-    """The manifest URL of a run's checkpoint of `epoch` (the latest attempt's row)."""
-    return await conn.fetchval(QUERIES["trainer_checkpoint_for_epoch"], run_id, epoch)
-
-
 # -- Lifecycle: launches, leases, cancel, resume, deletes, best, retention --------------------
 REFUSED_SQLSTATE = "SK010"
 
@@ -439,3 +419,86 @@ async def metrics_queue_depth(conn) -> dict[str, int]:
 async def metrics_trainer_throughput(conn) -> list[tuple[str, float]]:
     rows = await conn.fetch(QUERIES["metrics_trainer_throughput"])
     return [(r["run"], r["images_per_second"]) for r in rows if r["images_per_second"] is not None]
+
+
+# -- Trainer: every call carries the run id and the claim's lease token (revision 0006) --------
+@dataclass(frozen=True)
+class Lease:
+    """One attempt's hold on a run as its trainer knows it: the run and the claim's token."""
+
+    run_id: int
+    token: str = field(repr=False)
+
+
+async def trainer_run(conn, lease: Lease) -> asyncpg.Record | None:
+    """The run as its attempt sees it; None when the token is not the run's current one."""
+    return await conn.fetchrow(QUERIES["trainer_run"], lease.run_id, lease.token)
+
+
+async def trainer_launch_recorded(conn, lease: Lease, attempt: int) -> bool | None:
+    """True once this attempt's launch is recorded, False while it is not yet, None when the
+    lease no longer holds the run in flight (a stale job)."""
+    return await conn.fetchval(QUERIES["trainer_launch_recorded"], lease.run_id, lease.token,
+                               attempt)
+
+
+async def trainer_start_run(conn, lease: Lease, lease_seconds: float, payload: dict) -> bool:
+    return await conn.fetchval(QUERIES["trainer_start_run"], lease.run_id, lease.token,
+                               float(lease_seconds), payload)
+
+
+async def trainer_heartbeat(conn, lease: Lease, lease_seconds: float, *,
+                            step: int | None = None) -> Heartbeat:
+    row = await conn.fetchrow(QUERIES["trainer_heartbeat"], lease.run_id, lease.token,
+                              float(lease_seconds), step)
+    return Heartbeat(row["owned"], row["cancel_requested"])
+
+
+async def trainer_append_events(conn, lease: Lease, first_seq: int,
+                                events: Sequence[tuple[str, dict]]) -> int:
+    """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
+    try:
+        return await conn.fetchval(QUERIES["trainer_append_events"], lease.run_id, lease.token,
+                                   first_seq, [t for t, _ in events], [p for _, p in events])
+    except asyncpg.PostgresError as exc:
+        if _lease_lost(exc):
+            raise LeaseLost(str(exc)) from exc
+        raise
+
+
+async def trainer_finish_run(conn, lease: Lease, status: str, *, error_code: str | None = None,
+                             error_message: str | None = None, payload: dict | None = None) -> bool:
+    if error_message is not None:  # stored messages are redacted and capped (a few KB)
+        error_message = safe_message(error_message)
+    return await conn.fetchval(QUERIES["trainer_finish_run"], lease.run_id, lease.token, status,
+                               error_code, error_message, payload or {})
+
+
+async def trainer_checkpoint(conn, lease: Lease, checkpoint_id: int) -> asyncpg.Record | None:
+    """A checkpoint of the lease's run (None: none with that id in this run)."""
+    return await conn.fetchrow(QUERIES["trainer_checkpoint"], lease.run_id, lease.token,
+                               checkpoint_id)
+
+
+async def trainer_checkpoint_manifest(conn, lease: Lease, epoch: int) -> str | None:
+    """The manifest URL of the run's checkpoint of `epoch` (the latest attempt's row)."""
+    return await conn.fetchval(QUERIES["trainer_checkpoint_manifest"], lease.run_id, lease.token,
+                               epoch)
+
+
+async def trainer_run_images(conn, lease: Lease) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["trainer_run_images"], lease.run_id, lease.token)
+
+
+async def trainer_store_run_images(conn, lease: Lease, rows: Sequence[dict]) -> int:
+    """Replace the run's stored manifest with `rows` (dicts with split and the image fields),
+    in order; LeaseLost when the token no longer holds the run in flight."""
+    columns = ("split", "product_id", "url", "domain", "frame_index", "label", "category",
+               "brand", "source_key")
+    try:
+        return await conn.fetchval(QUERIES["trainer_store_run_images"], lease.run_id, lease.token,
+                                   *([r.get(c) for r in rows] for c in columns))
+    except asyncpg.PostgresError as exc:
+        if _lease_lost(exc):
+            raise LeaseLost(str(exc)) from exc
+        raise

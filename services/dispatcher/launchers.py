@@ -1,7 +1,7 @@
 """Launchers start, watch and stop the training job of a run: `local` (a subprocess) or `noop`.
 
 One protocol for every launcher (the RunPod one lives in its own module):
-- `launch(request)` starts the job of a (run, attempt, lease_epoch) and returns what identifies it
+- `launch(request)` starts the job of a (run, attempt, lease) and returns what identifies it
   (`LaunchedJob`: an external id plus launcher-specific identity, stored in `run_launches`). A
   local job is started held at a gate and trains only after `release()`, which the dispatcher
   calls once `mark_launched` has committed `run.launched`; a job whose launch is never recorded
@@ -10,8 +10,9 @@ One protocol for every launcher (the RunPod one lives in its own module):
   the job still runs (`alive`), is gone (`gone`) or cannot be told from here (`unknown`).
 - `stop(record, force)` stops it: graceful first (local: SIGTERM), forced after a grace period
   (local: SIGKILL).
-A launcher never sees secrets in its payload: the job gets the run id, attempt and fencing
-token; the worker reads its database URL and keys from its own environment.
+A launcher never sees secrets in its payload: the job gets the run id, attempt and the claim's
+lease token (its only key to that run, for that attempt); the worker reads its database URL and
+keys from its own environment.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class LaunchRequest:
     run_id: int
     attempt: int
     lease_epoch: int
+    lease_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,6 @@ class LocalLauncher:
             sys.executable, "-m", "services.dispatcher.local_job",
             "--run-id", str(request.run_id),
             "--attempt", str(request.attempt),
-            "--lease-epoch", str(request.lease_epoch),
         ]
         try:
             with open(log_path, "ab") as log:
@@ -204,7 +205,7 @@ class LocalLauncher:
             pass
 
     async def release(self, request: LaunchRequest, job: LaunchedJob) -> None:
-        await self._close_gate(request, GATE_OPEN)
+        await self._close_gate(request, GATE_OPEN + request.lease_token.encode() + b"\n")
 
     async def abandon(self, request: LaunchRequest, job: LaunchedJob) -> None:
         await self._close_gate(request, b"")
@@ -239,7 +240,7 @@ class LocalLauncher:
         """Trainers outlive the dispatcher on purpose (they hold their own leases); a job still
         held at its gate sees the gate close and exits."""
         for key in list(self._held):
-            await self._close_gate(LaunchRequest(key[0], key[1], 0), b"")
+            await self._close_gate(LaunchRequest(key[0], key[1], 0, ""), b"")
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

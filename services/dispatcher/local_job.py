@@ -1,6 +1,7 @@
-"""`python -m services.dispatcher.local_job --run-id N --attempt A --lease-epoch E`: the local
-launcher's process. It waits at the launch gate (its stdin) until the dispatcher has recorded
-the launch, then becomes the trainer in the same process (same pid and start time, as recorded).
+"""`python -m services.dispatcher.local_job --run-id N --attempt A`: the local launcher's
+process. It waits at the launch gate (its stdin) until the dispatcher has recorded the launch,
+then becomes the trainer in the same process (same pid and start time, as recorded), which reads
+the claim's lease token from the next line of the same stdin.
 A gate that closes without the go line (the dispatcher died or the run was fenced before the
 launch was recorded) means the launch never happened: exit without touching the run.
 """
@@ -14,9 +15,8 @@ NOT_LAUNCHED = 75  # EX_TEMPFAIL: the launch was not recorded, nothing ran
 
 
 def main(argv: list[str] | None = None) -> int:
-    if sys.stdin.buffer.readline() != GATE_OPEN:
+    if sys.stdin.readline().encode() != GATE_OPEN:
         return NOT_LAUNCHED
-    sys.stdin.close()
     from services.trainer.__main__ import main as trainer_main
 
     return trainer_main(argv)

@@ -5,7 +5,7 @@ itself never checks a status code on that path).
 SDK traps avoided: `Job.output()` (its default timeout 0 raises at once) and `Job.stream()` (it
 loops forever on CANCELLED) are never called; this module only runs, polls status and cancels.
 
-The job's input is `services.trainer.handler.job_input`: run id, attempt, lease_epoch and
+The job's input is `services.trainer.handler.job_input`: run id, attempt, lease token and
 non-secret settings. The worker reads its secrets from its own environment.
 
 A poller (started with the first launch or state question, one per process) reads the status of
@@ -199,7 +199,7 @@ class RunPodLauncher:
                     return LaunchedJob(row["external_job_id"], dict(row["identity"] or {}))
         finally:
             await conn.close()
-        payload = job_input(request.run_id, request.attempt, request.lease_epoch,
+        payload = job_input(request.run_id, request.attempt, request.lease_token,
                             self.job_settings)
         # A timed-out POST is not retried: RunPod may have queued it, and a second job of the
         # same attempt would only be fenced out. 429 (refused, nothing queued) is retried.

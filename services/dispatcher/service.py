@@ -14,7 +14,6 @@ never the rest of its batch. A job is started held at its launch gate, its launc
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ import asyncpg
 
 from db import repository
 from services.common import metrics
-from services.common.errors import InvalidConfig, LaunchFailed, SkutrainError
+from services.common.errors import LaunchFailed, SkutrainError
 from services.common.logging import get_logger, redact_text
 from services.common.service_loop import ListeningService
 from services.dispatcher.launchers import Launcher, LaunchRequest
@@ -133,7 +132,7 @@ class Dispatcher(ListeningService):
         """Prepare one claimed run and start its job held at the gate: (run, request, job), or
         the TickResult field of what happened instead (failed / released)."""
         log = self.log.bind(run_id=run.id, attempt=run.attempt)
-        request = LaunchRequest(run.id, run.attempt, run.lease_epoch)
+        request = LaunchRequest(run.id, run.attempt, run.lease_epoch, run.lease_token)
         if self._stopping.is_set():
             return await self._release(conn, run, "dispatcher stopped")
         try:

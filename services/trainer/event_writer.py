@@ -5,7 +5,7 @@ appends to an in-memory queue (`emit` never blocks a training step). The thread 
 with `append_trainer_events`, which is idempotent on the trainer's sequence numbers, so a batch
 retried after a dropped connection is stored exactly once and in order. While the database is
 unreachable it retries with backoff and keeps every event. It also heartbeats the lease
-(fenced on `lease_epoch`), sending the training step counter (`step`) so a trainer whose step
+(every call carries the claim's lease token), sending the training step counter (`step`) so a trainer whose step
 stops advancing is seen as hung, and LISTENs for cancel requests: a lost lease or a cancel
 request is visible through `stop_reason()` within one flush interval of the NOTIFY.
 
@@ -54,13 +54,13 @@ class EventWriterConfig:
 
 
 class EventWriter:
-    def __init__(self, database_url: str, run_id: int, lease_epoch: int,
+    def __init__(self, database_url: str, lease: repository.Lease,
                  config: EventWriterConfig | None = None):
         self.database_url = database_url
-        self.run_id = run_id
-        self.lease_epoch = lease_epoch
+        self.lease = lease
+        self.run_id = lease.run_id
         self.config = config or EventWriterConfig()
-        self.log = get_logger("event_writer", run_id=run_id)
+        self.log = get_logger("event_writer", run_id=lease.run_id)
         self._pending: deque[tuple[int, str, dict]] = deque()
         self._lock = threading.Lock()
         self._next_seq = 1
@@ -183,14 +183,13 @@ class EventWriter:
             self._cancel_requested = True
 
     async def _heartbeat(self, conn) -> None:
-        beat = await repository.heartbeat_run(conn, self.run_id, self.lease_epoch,
-                                              self.config.lease_seconds, step=self.step)
+        beat = await repository.trainer_heartbeat(conn, self.lease, self.config.lease_seconds,
+                                                  step=self.step)
         if not beat.owned:
-            # A finished run also reports owned=False: only a live attempt counts as lost.
-            row = await repository.get_run(conn, self.run_id)
-            if row is None or row["lease_epoch"] != self.lease_epoch:
-                raise LeaseLost(f"run {self.run_id} moved to lease epoch "
-                                f"{None if row is None else row['lease_epoch']}")
+            # A finished run also reports owned=False: only a new claim (a new token) is a loss.
+            if await repository.trainer_run(conn, self.lease) is None:
+                raise LeaseLost(f"run {self.run_id} was claimed again (or deleted): this "
+                                "attempt's lease token no longer holds it")
         self._cancel_requested = self._cancel_requested or beat.cancel_requested
 
     async def _write_pending(self) -> None:
@@ -203,8 +202,8 @@ class EventWriter:
             events = [(t, p) for _, t, p in batch]
 
             async def append(conn):
-                return await repository.append_trainer_events(
-                    conn, self.run_id, self.lease_epoch, first_seq, events)
+                return await repository.trainer_append_events(conn, self.lease, first_seq,
+                                                              events)
 
             try:
                 stored = await self._with_retry(append)

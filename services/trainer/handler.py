@@ -1,8 +1,10 @@
 """The RunPod serverless worker: `runpod.serverless.start({"handler": handler})`.
 
-A job's input is `JobInput`: run id, attempt, lease_epoch and a few non-secret settings, nothing
-else (unknown keys are refused, so a payload can never smuggle a secret in). The worker reads its
-database URL, storage keys and hub token from its own environment, like the local trainer.
+A job's input is `JobInput`: run id, attempt, the claim's lease token and a few non-secret
+settings, nothing else (unknown keys are refused, so a payload can never smuggle a secret in).
+The lease token is no account secret: it is drawn per claim and opens only that attempt of that
+run, and only until the run is claimed again. The worker reads its database URL, storage keys and
+hub token from its own environment, like the local trainer.
 
 Before it trains, the worker waits (polling, up to SKUTRAIN_LAUNCH_RECORD_TIMEOUT) until the
 dispatcher has recorded the job's launch, the gate the local launcher holds on the child's stdin:
@@ -27,6 +29,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,7 +52,7 @@ class JobInput(BaseModel):
 
     run_id: int = Field(ge=1)
     attempt: int = Field(ge=1)
-    lease_epoch: int = Field(ge=1)
+    lease_token: UUID
     settings: dict[JobSetting, str | int | float] = Field(default_factory=dict)
 
 
@@ -59,12 +62,12 @@ def job_settings(settings: Settings) -> dict[str, Any]:
     return {name: value for name, value in carried.items() if value is not None}
 
 
-def job_input(run_id: int, attempt: int, lease_epoch: int,
+def job_input(run_id: int, attempt: int, lease_token: str,
               settings: dict[str, Any]) -> dict[str, Any]:
     """The payload of one attempt's job (what the launcher sends), validated like the worker
     will read it."""
-    return JobInput(run_id=run_id, attempt=attempt, lease_epoch=lease_epoch,
-                    settings=settings).model_dump()
+    return JobInput(run_id=run_id, attempt=attempt, lease_token=lease_token,
+                    settings=settings).model_dump(mode="json")
 
 
 def parse_job_input(raw: Any) -> JobInput:
@@ -76,7 +79,7 @@ def parse_job_input(raw: Any) -> JobInput:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
                              for e in exc.errors())
         raise InvalidConfig(f"the job input is not a skutrain job ({problems}); it takes "
-                            "run_id, attempt, lease_epoch and settings only") from None
+                            "run_id, attempt, lease_token and settings only") from None
 
 
 def trainer_environment(job: JobInput) -> dict[str, str]:
@@ -110,10 +113,10 @@ async def wait_for_launch_record(job: JobInput, database_url: str, timeout: floa
     """True once the dispatcher has recorded this attempt's launch; False when the job is stale
     (its lease no longer holds the run in flight). LaunchFailed when no record comes in time."""
     conn = await repository.connect(database_url)
+    lease = repository.Lease(job.run_id, str(job.lease_token))
     try:
         deadline = asyncio.get_running_loop().time() + timeout
-        while not (recorded := await repository.launch_recorded(
-                conn, job.run_id, job.attempt, job.lease_epoch)):
+        while not (recorded := await repository.trainer_launch_recorded(conn, lease, job.attempt)):
             if recorded is None:
                 return False
             if asyncio.get_running_loop().time() >= deadline:
@@ -137,10 +140,13 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
         return {**result, "outcome": "lease_lost"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.trainer", "--run-id", str(request.run_id),
-        "--attempt", str(request.attempt), "--lease-epoch", str(request.lease_epoch),
+        "--attempt", str(request.attempt),
         cwd=ROOT, env=trainer_environment(request), start_new_session=True,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
+    process.stdin.write(f"{request.lease_token}\n".encode())  # never on the command line
+    await process.stdin.drain()
+    process.stdin.close()
     tail: collections.deque[str] = collections.deque(maxlen=40)
     reader = asyncio.create_task(_read_tail(process.stdout, tail))
     try:

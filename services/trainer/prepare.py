@@ -43,9 +43,9 @@ def _catalog_manifest(db: DbCall, config: RunConfig) -> list[ImageRecord]:
     return build_manifest([dict(p) for p in products], [dict(i) for i in images], config)
 
 
-def prepare_data(db: DbCall, run_id: int, config: RunConfig, *, storage, cache_dir: Path,
-                 download: DownloadConfig | None = None) -> PreparedData:
-    stored = db(lambda c: repository.run_images(c, run_id))
+def prepare_data(db: DbCall, lease: repository.Lease, config: RunConfig, *, storage,
+                 cache_dir: Path, download: DownloadConfig | None = None) -> PreparedData:
+    stored = db(lambda c: repository.trainer_run_images(c, lease))
     if stored:
         split_of = {(r["url"], r["product_id"]): r["split"] for r in stored}
         records = [_record(r) for r in stored]
@@ -62,7 +62,7 @@ def prepare_data(db: DbCall, run_id: int, config: RunConfig, *, storage, cache_d
     else:
         splits = split_for_run(usable, config)
         rows = [{"split": name, **vars(r)} for name in SPLITS for r in splits[name]]
-        db(lambda c: repository.store_run_images(c, run_id, rows))
+        db(lambda c: repository.trainer_store_run_images(c, lease, rows))
 
     check_train_labels(config, len({r.label for r in splits["train"]}),
                        "after downloading, broken images dropped")

@@ -4,10 +4,12 @@ Reads the run, takes over its lease (`start_run`), prepares the data (cancellabl
 through `engine.Trainer` with hooks that stream events and save verified checkpoints on a
 background thread, evaluates the best checkpoint on the test split and ends the run. The same
 function serves the local subprocess and the RunPod worker: it needs only the run id, attempt
-and fencing token, and reads its secrets from its own environment (never from a job payload).
+and the claim's lease token, and reads its secrets from its own environment (never from a job
+payload).
 
-Everything the attempt writes is fenced on its lease_epoch (events, start, finish: the
-`Attempt` object) and lives under its own storage prefix `runs/{run_uuid}/attempt-{attempt}/`,
+Everything the attempt reads and writes of its run goes through the lease token (the trainer_*
+functions of revision 0006: events, start, finish, manifests; the `Attempt` object), and what it
+stores lives under its own storage prefix `runs/{run_uuid}/attempt-{attempt}/`,
 so a stale attempt can neither change the run's rows nor touch the live attempt's objects. The
 trainer deletes nothing in storage: retention and deletes belong to the reconciler.
 """
@@ -60,16 +62,16 @@ class TrainerEnvironment:
 
 
 class Attempt:
-    """One attempt of one run: its identity, fencing token, event writer (and the database
-    connection behind it) and storage prefix. Every write to the run goes through here, fenced
-    on `lease_epoch`."""
+    """One attempt of one run: its identity, lease, event writer (and the database connection
+    behind it) and storage prefix. Every read and write of the run goes through here, with the
+    claim's lease token."""
 
-    def __init__(self, env: TrainerEnvironment, run_id: int, attempt: int, lease_epoch: int):
-        self.run_id, self.attempt, self.lease_epoch = run_id, attempt, lease_epoch
+    def __init__(self, env: TrainerEnvironment, lease: repository.Lease, attempt: int):
+        self.lease, self.run_id, self.attempt = lease, lease.run_id, attempt
         self.storage = env.storage
         self.run_uuid: str | None = None  # known once `load_run` read the row
-        self.writer = EventWriter(env.database_url, run_id, lease_epoch, env.writer)
-        self.log = get_logger("trainer", run_id=run_id, attempt=attempt)
+        self.writer = EventWriter(env.database_url, lease, env.writer)
+        self.log = get_logger("trainer", run_id=lease.run_id, attempt=attempt)
 
     @property
     def prefix(self) -> str:
@@ -88,17 +90,16 @@ class Attempt:
 
     def load_run(self) -> Any | None:
         """The run row, or None when this attempt no longer holds its lease."""
-        row = self.db(lambda c: repository.get_run(c, self.run_id))
-        if (row is None or row["lease_epoch"] != self.lease_epoch
-                or row["attempt"] != self.attempt):
+        row = self.db(lambda c: repository.trainer_run(c, self.lease))
+        if row is None or row["attempt"] != self.attempt:
             self.log.warning("trainer.not_lease_holder")
             return None
         self.run_uuid = str(row["run_uuid"])
         return row
 
     def start(self, payload: dict[str, Any]) -> bool:
-        return self.db(lambda c: repository.start_run(
-            c, self.run_id, self.lease_epoch, self.writer.config.lease_seconds, payload))
+        return self.db(lambda c: repository.trainer_start_run(
+            c, self.lease, self.writer.config.lease_seconds, payload))
 
     def finish(self, status: str, error_code: str | None = None,
                error_message: str | None = None, payload: dict[str, Any] | None = None) -> str:
@@ -109,8 +110,8 @@ class Attempt:
         if (rejected := self.writer.rejected) is not None and status != "failed":
             status, error_code, error_message = "failed", rejected.code, rejected.message
             payload = None
-        done = self.db(lambda c: repository.finish_run(
-            c, self.run_id, self.lease_epoch, status, error_code=error_code,
+        done = self.db(lambda c: repository.trainer_finish_run(
+            c, self.lease, status, error_code=error_code,
             error_message=error_message, payload=payload))
         return status if done else "lease_lost"
 
@@ -206,7 +207,7 @@ class RunHooks:
         })
 
 
-def run_attempt(env: TrainerEnvironment, run_id: int, attempt: int, lease_epoch: int) -> str:
+def run_attempt(env: TrainerEnvironment, run_id: int, attempt: int, lease_token: str) -> str:
     """Train one attempt of a run: the one entry point of `python -m services.trainer` and of
     the RunPod handler.
 
@@ -215,14 +216,14 @@ def run_attempt(env: TrainerEnvironment, run_id: int, attempt: int, lease_epoch:
             directory, HF token, device); never from a job payload.
         run_id: the training_runs id.
         attempt: the attempt number the run was claimed with (names the storage prefix).
-        lease_epoch: the fencing token of the claim; every write is fenced on it.
+        lease_token: the claim's lease token; every read and write of the run carries it.
 
     Returns the final status: 'completed', 'failed', 'cancelled', or 'lease_lost' when a newer
     attempt owns the run (nothing more was written). Every failure a person can act on ends the
     run with its error_code (e.g. resume_mismatch, non_finite_loss, checkpoint_upload_failed,
     event_rejected); it never raises for one.
     """
-    current = Attempt(env, run_id, attempt, lease_epoch)
+    current = Attempt(env, repository.Lease(run_id, lease_token), attempt)
     current.writer.start()
     try:
         row = current.load_run()
@@ -257,12 +258,12 @@ def _resume_checkpoint(current: Attempt, checkpoint_id: int | None) -> Any | Non
     """The checkpoint row the database says this attempt resumes from (None: a fresh start)."""
     if checkpoint_id is None:
         return None
-    row = current.db(lambda c: repository.get_checkpoint(c, checkpoint_id))
-    if row is None or row["run_id"] != current.run_id:
+    row = current.db(lambda c: repository.trainer_checkpoint(c, current.lease, checkpoint_id))
+    if row is None:
         raise ResumeMismatch(
-            f"run {current.run_id} is set to resume from checkpoint {checkpoint_id}, which "
-            f"{'does not exist' if row is None else 'belongs to run %d' % row['run_id']}; "
-            "resume it again with request_resume to pick its latest checkpoint")
+            f"run {current.run_id} is set to resume from checkpoint {checkpoint_id}, which is "
+            "not one of its checkpoints; resume it again with request_resume to pick its latest "
+            "checkpoint")
     if row["resume_state_url"] is None:
         raise ResumeMismatch(
             f"checkpoint {checkpoint_id} (epoch {row['epoch']}) has no resume state any more "
@@ -305,8 +306,8 @@ def _train(env: TrainerEnvironment, current: Attempt, config: RunConfig,
         return "lease_lost"
     if (reason := current.stop_reason()) is not None:
         return current.stopped(reason)
-    manifest_url = current.db(lambda c: repository.checkpoint_manifest_for_epoch(
-        c, current.run_id, best))
+    manifest_url = current.db(lambda c: repository.trainer_checkpoint_manifest(
+        c, current.lease, best))
     best_model, _ = checkpoints.load_embedding_model(current.storage,
                                                      ObjectRef.parse(manifest_url))
     test_images = data.splits["test"]
@@ -332,7 +333,7 @@ def _prepare(env: TrainerEnvironment, current: Attempt, config: RunConfig) -> Pr
 
     def work() -> None:
         try:
-            outcome["data"] = prepare_data(current.db, current.run_id, config,
+            outcome["data"] = prepare_data(current.db, current.lease, config,
                                            storage=env.storage, cache_dir=env.cache_dir)
         except BaseException as exc:  # handed to the attempt's thread below
             outcome["error"] = exc

@@ -74,6 +74,15 @@ async def test_tiny_run_completes_with_checkpoints_events_and_test_metrics(
         splits.setdefault(r["product_id"], set()).add(r["split"])
     assert all(len(s) == 1 for s in splits.values())  # no product in two splits
 
+    # the claim's lease token opened the run for its trainer and shows up nowhere else
+    token = str(await conn.fetchval("SELECT lease_token FROM training_runs WHERE id = $1", run_id))
+    assert "lease_token" not in row and token not in json.dumps(row, default=str)
+    assert not [e for e in events if token in json.dumps(e["payload"])]
+    log_path = await conn.fetchval("SELECT identity ->> 'log_path' FROM run_launches "
+                                   "WHERE run_id = $1", run_id)
+    log = open(log_path, encoding="utf-8").read()
+    assert "run.evaluated" in log and token not in log
+
 
 async def test_cancel_mid_epoch_stops_within_one_batch(conn, local_dispatcher, data_dir):
     config = json.loads(json.dumps(TINY_RUN))

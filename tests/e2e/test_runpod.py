@@ -283,7 +283,7 @@ async def test_run_trains_on_a_runpod_worker_and_survives_losing_it(conn, stack,
     secrets = (stack.db_url, stack.server.api_key, stack.server.worker_key, "postgres",
                *stack.s3.secrets)
     for payload in stack.server.payloads:
-        assert set(payload["input"]) == {"run_id", "attempt", "lease_epoch", "settings"}
+        assert set(payload["input"]) == {"run_id", "attempt", "lease_token", "settings"}
         text = json.dumps(payload)
         for secret in secrets:
             assert secret not in text

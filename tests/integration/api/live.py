@@ -44,12 +44,13 @@ async def scripted_training(conn, run_id: int, val_r1: list[float], *, test_r1: 
     so runs scripted on one catalog share a test split): one epoch per val_r1 value, a checkpoint
     per epoch, the best marked, a test evaluation of the best, then completed."""
     products = await conn.fetch("SELECT id FROM products ORDER BY id LIMIT 2")
-    await repository.store_run_images(conn, run_id, [
-        {"split": "test", "product_id": p["id"], "url": f"storage://catalog/{p['id']}.jpg",
-         "domain": "real", "label": str(p["id"])} for p in products])
     names = [str(p["id"]) for p in products]
     claimed = await repository.claim_runs(conn, "scripted", 100, 60)
-    lease = next(c.lease_epoch for c in claimed if c.id == run_id)
+    run = next(c for c in claimed if c.id == run_id)
+    lease = run.lease_epoch
+    await repository.trainer_store_run_images(conn, repository.Lease(run_id, run.lease_token), [
+        {"split": "test", "product_id": p["id"], "url": f"storage://catalog/{p['id']}.jpg",
+         "domain": "real", "label": str(p["id"])} for p in products])
     assert await repository.start_run(conn, run_id, lease, 60, {"total_epochs": len(val_r1)})
     best = max(range(len(val_r1)), key=lambda i: val_r1[i]) + 1
     events: list[tuple[str, dict]] = []

@@ -49,7 +49,7 @@ async def _queue_and_claim(url: str, products: list[dict] | None,
             "INSERT INTO training_runs (name, config) VALUES ($1, $2::text::jsonb) RETURNING id",
             "registry-test", json.dumps(config))
         (claimed,) = await repository.claim_runs(conn, "registry-tests", 1, 600)
-        return run_id, claimed.attempt, claimed.lease_epoch
+        return run_id, claimed.attempt, claimed.lease_token
     finally:
         await conn.close()
 
@@ -57,13 +57,13 @@ async def _queue_and_claim(url: str, products: list[dict] | None,
 def train_run(url: str, storage: LocalStorage, data_dir: Path, config: dict,
               products: list[dict] | None = None) -> int:
     """Queue a run, claim it and train it in this process (the trainer's real entry point)."""
-    run_id, attempt, lease_epoch = asyncio.run(_queue_and_claim(url, products, config))
+    run_id, attempt, lease_token = asyncio.run(_queue_and_claim(url, products, config))
     env = TrainerEnvironment(database_url=url, storage=storage, cache_dir=data_dir / "cache",
                              device="cpu", progress_interval=60.0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        status = run_attempt(env, run_id, attempt, lease_epoch)
+        status = run_attempt(env, run_id, attempt, lease_token)
     finally:
         torch.set_num_threads(threads)
     assert status == "completed", status

@@ -259,13 +259,14 @@ async def test_local_launch_is_held_at_its_gate_and_idempotent(launcher):
     from services.dispatcher.launchers import LaunchRequest
     from services.dispatcher.local_job import NOT_LAUNCHED
 
-    request = LaunchRequest(7, 1, 1)
+    request = LaunchRequest(7, 1, 1, "3f1e0a52-8f0e-4c43-9a58-1d2f0c1b7e11")
     job = await launcher.launch(request)
     assert await launcher.launch(request) == job  # the same held job, not a second one
     record = LaunchRecord(7, 1, 1, "local", job.external_id, job.identity)
     assert launcher.state(record) is JobState.ALIVE
     process = psutil.Process(job.identity["pid"])
     assert os.getsid(process.pid) == process.pid  # its own session: a Ctrl-C does not reach it
+    assert request.lease_token not in " ".join(process.cmdline())  # the token goes by stdin
     await launcher.abandon(request, job)  # the launch was never recorded: the gate closes
     # its exit status, unless the event loop's child watcher reaped it first
     assert await asyncio.to_thread(process.wait, 60) in (NOT_LAUNCHED, None)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -31,12 +32,12 @@ def outcome_line(run_id: int, outcome: str) -> str:
 
 
 async def test_test_input_runs_the_trainer_against_the_database(conn, db_url, tmp_path):
-    """A claimed run whose config the trainer refuses: the trainer ends it (fenced on the
-    job's lease_epoch) and the handler reports the attempt ended."""
+    """A claimed run whose config the trainer refuses: the trainer ends it (through the job's
+    lease token) and the handler reports the attempt ended."""
     run_id = await repository.insert_run(conn, "local", {"training": {"epochs": "many"}})
     (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
     assert await repository.mark_launched(conn, run_id, claimed.lease_epoch, "runpod", "job-1")
-    job = job_input(run_id, claimed.attempt, claimed.lease_epoch, {"progress_interval": 0})
+    job = job_input(run_id, claimed.attempt, claimed.lease_token, {"progress_interval": 0})
     done = run_handler({"input": job}, {"DATABASE_URL": db_url,
                                         "SKUTRAIN_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -50,7 +51,7 @@ async def test_the_worker_trains_only_once_its_launch_is_recorded(conn, db_url, 
     that record, so run.launched precedes the trainer's first event (run.started)."""
     run_id = await repository.insert_run(conn, "local", {})  # no catalog: fails after starting
     (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
-    job = job_input(run_id, claimed.attempt, claimed.lease_epoch, {"progress_interval": 0})
+    job = job_input(run_id, claimed.attempt, claimed.lease_token, {"progress_interval": 0})
     worker = subprocess.Popen(handler_command({"input": job}), text=True,
                               env={**os.environ, "DATABASE_URL": db_url,
                                    "SKUTRAIN_DATA_DIR": str(tmp_path)},
@@ -61,7 +62,7 @@ async def test_the_worker_trains_only_once_its_launch_is_recorded(conn, db_url, 
     for _ in range(600):
         if await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-                " AND query = $1", QUERIES["launch_recorded"]):
+                " AND query = $1", QUERIES["trainer_launch_recorded"]):
             break
         await asyncio.sleep(0.1)
     else:
@@ -85,7 +86,7 @@ async def test_a_stale_job_ends_as_lease_lost_without_training(conn, db_url, tmp
     (current,) = await repository.claim_runs(conn, "test", 1, 60)
     assert await repository.mark_launched(conn, run_id, current.lease_epoch, "runpod", "job-2")
     events_before = await repository.run_events(conn, run_id)
-    job = job_input(run_id, stale.attempt, stale.lease_epoch, {})
+    job = job_input(run_id, stale.attempt, stale.lease_token, {})
     done = run_handler({"input": job}, {"DATABASE_URL": db_url,
                                         "SKUTRAIN_DATA_DIR": str(tmp_path),
                                         "SKUTRAIN_LAUNCH_RECORD_TIMEOUT": "60"})
@@ -101,7 +102,7 @@ async def test_a_job_whose_launch_is_never_recorded_fails_without_training(conn,
     (its lease expires and the reconciler requeues it) and nothing was trained."""
     run_id = await repository.insert_run(conn, "local", {})
     (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
-    job = job_input(run_id, claimed.attempt, claimed.lease_epoch, {})
+    job = job_input(run_id, claimed.attempt, claimed.lease_token, {})
     done = run_handler({"input": job}, {"DATABASE_URL": db_url,
                                         "SKUTRAIN_DATA_DIR": str(tmp_path),
                                         "SKUTRAIN_LAUNCH_RECORD_TIMEOUT": "1"})
@@ -113,7 +114,7 @@ async def test_a_job_whose_launch_is_never_recorded_fails_without_training(conn,
 
 def test_input_beyond_ids_and_settings_is_refused_without_echoing_it():
     secret = "postgresql://u:hunter2@db/x"
-    done = run_handler({"input": {"run_id": 1, "attempt": 1, "lease_epoch": 1,
+    done = run_handler({"input": {"run_id": 1, "attempt": 1, "lease_token": str(uuid.uuid4()),
                                   "database_url": secret}}, {})
     assert done.returncode == 1
     # (the SDK's local mode echoes the whole test job at DEBUG; our error names the field only)
@@ -122,7 +123,7 @@ def test_input_beyond_ids_and_settings_is_refused_without_echoing_it():
     assert messages and all("database_url: Extra inputs are not permitted" in m for m in messages)
     assert not any("hunter2" in m for m in messages)
     with pytest.raises(InvalidConfig, match="settings.hf_token"):
-        parse_job_input({"run_id": 1, "attempt": 1, "lease_epoch": 1,
+        parse_job_input({"run_id": 1, "attempt": 1, "lease_token": str(uuid.uuid4()),
                          "settings": {"hf_token": "x"}})
 
 
@@ -131,5 +132,5 @@ def test_job_settings_travel_as_the_workers_environment():
                         DATABASE_URL="postgresql://x")
     carried = job_settings(settings)
     assert carried == {"progress_interval": 0.5, "log_level": settings.log_level}
-    env = trainer_environment(parse_job_input(job_input(1, 1, 1, carried)))
+    env = trainer_environment(parse_job_input(job_input(1, 1, str(uuid.uuid4()), carried)))
     assert env["SKUTRAIN_PROGRESS_INTERVAL"] == "0.5"

@@ -20,6 +20,7 @@ from services.dispatcher.service import Dispatcher, DispatcherConfig
 from tests.support.polling import until
 
 SECRET_DB_URL = "postgresql://skutrain:db-password-123@db.internal:5432/skutrain"
+TOKEN = "8d0c2f4e-5b7a-4c1e-9f3d-2a6b8e1c0d47"  # a claim's lease token
 
 
 def make_launcher(server, db_url, **kwargs):
@@ -33,24 +34,24 @@ async def test_payload_carries_ids_and_non_secret_settings_only_and_launch_is_id
         runpod_server, db_url):
     launcher = make_launcher(runpod_server, db_url)
     try:
-        request = LaunchRequest(run_id=41, attempt=2, lease_epoch=7)
+        request = LaunchRequest(run_id=41, attempt=2, lease_epoch=7, lease_token=TOKEN)
         first = await launcher.launch(request)
         again = await launcher.launch(request)
     finally:
         await launcher.close()
     assert first == again and len(runpod_server.payloads) == 1
     (payload,) = runpod_server.payloads
-    assert payload == {"input": {"run_id": 41, "attempt": 2, "lease_epoch": 7,
+    assert payload == {"input": {"run_id": 41, "attempt": 2, "lease_token": TOKEN,
                                  "settings": {"progress_interval": 0.5, "log_level": "INFO"}}}
     text = json.dumps(payload)
-    for secret in (runpod_server.api_key, runpod_server.worker_key, db_url, "password", "token",
+    for secret in (runpod_server.api_key, runpod_server.worker_key, db_url, "password", "hf_",
                    "postgres"):
         assert secret not in text
     assert first.identity == {"endpoint_id": runpod_server.endpoint_id, "job_id": first.external_id}
 
 
 async def test_refusals_become_errors_that_say_what_to_do(runpod_server, db_url):
-    request = LaunchRequest(1, 1, 1)
+    request = LaunchRequest(1, 1, 1, TOKEN)
     cases = [
         (dict(api_key="wrong"), RunPodUnauthorized, "RUNPOD_API_KEY"),
         (dict(endpoint_id="nope"), RunPodEndpointNotFound, "RUNPOD_ENDPOINT_ID"),
@@ -80,12 +81,12 @@ async def test_rate_limiting_backs_off_then_launches_or_gives_up(runpod_server, 
     before = metrics.RUNPOD_RATE_LIMITED._value.get()
     try:
         runpod_server.rate_limit(2)
-        job = await launcher.launch(LaunchRequest(5, 1, 1))
+        job = await launcher.launch(LaunchRequest(5, 1, 1, TOKEN))
         assert runpod_server.job(job.external_id).status == "IN_QUEUE"
         assert metrics.RUNPOD_RATE_LIMITED._value.get() - before == 2
         runpod_server.rate_limit(10)
         with pytest.raises(RunPodRateLimited, match="--max-concurrent"):
-            await launcher.launch(LaunchRequest(6, 1, 1))
+            await launcher.launch(LaunchRequest(6, 1, 1, TOKEN))
     finally:
         await launcher.close()
     assert len(runpod_server.payloads) == 1

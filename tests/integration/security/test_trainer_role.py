@@ -1,10 +1,10 @@
-"""The skutrain_trainer role (revision 0005), connected as a login role that is a member of it:
-a training attempt's real path works, everything else is refused.
+"""The skutrain_trainer role (revisions 0005 and 0006), connected as a login role that is a member
+of it: a training attempt's real path works, everything else is refused.
 
-The fence is the lease epoch the worker was launched with: a run at another epoch, a finished
-or a queued run cannot be changed. Lease epochs are per-run counters, so a hostile worker that
-reads another in-flight run's epoch (it may read in-flight run rows) could still write to it;
-what stops that is an unguessable per-attempt lease token, not a database role."""
+The role's only way to a run is the claim's lease token (random per claim): it cannot read runs,
+checkpoints or image manifests directly, cannot call the lease_epoch-fenced functions (epochs are
+per-run counters anyone can guess), and a token opens only its own run, only until the run is
+claimed again."""
 from __future__ import annotations
 
 import asyncio
@@ -44,29 +44,32 @@ async def worker_conn(worker_url):
     await worker.close()
 
 
-async def _claim(conn, run_id: int) -> int:
-    """Claim queued run `run_id` (the only one queued) as a dispatcher; its lease epoch."""
+async def _claim(conn, run_id: int) -> repository.ClaimedRun:
+    """Claim queued run `run_id` (the only one queued) as a dispatcher."""
     [claimed] = await repository.claim_runs(conn, "dispatcher-1", 1, LEASE)
     assert claimed.id == run_id
-    return claimed.lease_epoch
+    return claimed
+
+
+def _lease(claimed: repository.ClaimedRun) -> repository.Lease:
+    return repository.Lease(claimed.id, claimed.lease_token)
 
 
 @pytest.fixture
 async def runs(catalog_conn):
-    """Runs in every situation: `held` is the worker's; `other` runs at a later lease epoch;
-    `done` completed; `queued` waits."""
+    """Runs in every situation: `held` is the worker's; `other` is held by another attempt;
+    `done` completed; `queued` waits. Claimed runs come back as their ClaimedRun."""
     conn = catalog_conn
     done = await repository.insert_run(conn, "done", {})
-    await repository.finish_run(conn, done, await _claim(conn, done), "completed")
+    await repository.finish_run(conn, done, (await _claim(conn, done)).lease_epoch, "completed")
     other = await repository.insert_run(conn, "other", {})
-    await repository.release_run(conn, other, await _claim(conn, other), "test")
-    other_epoch = await _claim(conn, other)  # attempt 2
+    await repository.release_run(conn, other, (await _claim(conn, other)).lease_epoch, "test")
+    other_claim = await _claim(conn, other)  # attempt 2
     held = await repository.insert_run(conn, "held", {})
-    held_epoch = await _claim(conn, held)
+    held_claim = await _claim(conn, held)
     queued = await repository.insert_run(conn, "queued", {})
-    assert other_epoch > held_epoch
-    return {"held": (held, held_epoch), "other": (other, other_epoch), "done": done,
-            "queued": queued, "admin": conn}
+    return {"held": held_claim, "other": other_claim, "done": done, "queued": queued,
+            "admin": conn}
 
 
 def _checkpoint_event(epoch: int) -> tuple[str, dict]:
@@ -76,70 +79,107 @@ def _checkpoint_event(epoch: int) -> tuple[str, dict]:
         "val_loss": 0.4, "metrics": {"recall_at_1": 0.5}}
 
 
-async def test_a_training_attempt_works_as_the_trainer_role(runs, worker_conn):
-    admin, worker = runs["admin"], worker_conn
-    run_id, epoch = runs["held"]
+def _image_rows(images) -> list[dict]:
+    return [{"split": "train", "product_id": i["product_id"], "url": i["url"],
+             "domain": i["domain"], "frame_index": None, "label": str(i["product_id"]),
+             "category": "c", "brand": "b", "source_key": None} for i in images]
 
-    row = await repository.get_run(worker, run_id)
-    assert row["lease_epoch"] == epoch and row["config"] == {}
+
+async def test_a_training_attempt_works_as_the_trainer_role(runs, worker_conn):
+    admin, worker, held = runs["admin"], worker_conn, runs["held"]
+    run_id, lease = held.id, _lease(held)
+
+    row = await repository.trainer_run(worker, lease)
+    assert (row["attempt"], row["lease_epoch"], row["config"]) == (1, held.lease_epoch, {})
     # The RunPod worker's gate: it reads whether the dispatcher recorded its launch.
-    assert await repository.launch_recorded(worker, run_id, 1, epoch) is False
-    assert await repository.mark_launched(admin, run_id, epoch, "runpod", "job-1")
-    assert await repository.launch_recorded(worker, run_id, 1, epoch) is True
-    assert await repository.start_run(worker, run_id, epoch, LEASE, {"total_epochs": 1})
-    beat = await repository.heartbeat_run(worker, run_id, epoch, LEASE, step=3)
+    assert await repository.trainer_launch_recorded(worker, lease, 1) is False
+    assert await repository.mark_launched(admin, run_id, held.lease_epoch, "runpod", "job-1")
+    assert await repository.trainer_launch_recorded(worker, lease, 1) is True
+    assert await repository.trainer_start_run(worker, lease, LEASE, {"total_epochs": 1})
+    beat = await repository.trainer_heartbeat(worker, lease, LEASE, step=3)
     assert beat.owned and not beat.cancel_requested
 
     products = await repository.select_products(worker, "all_products")
     images = await repository.product_images_for(worker, [p["id"] for p in products])
     assert len(products) == 12 and len(images) == 96
-    rows = [{"split": "train", "product_id": i["product_id"], "url": i["url"], "domain": i["domain"],
-             "frame_index": None, "label": str(i["product_id"]), "category": "c", "brand": "b",
-             "source_key": None} for i in images[:5]]
-    await repository.store_run_images(worker, run_id, rows)
-    await repository.store_run_images(worker, run_id, rows)  # replacing is allowed too
-    assert len(await repository.run_images(worker, run_id)) == 5
+    assert await repository.trainer_store_run_images(worker, lease, _image_rows(images[:5])) == 5
+    assert await repository.trainer_store_run_images(worker, lease, _image_rows(images[:3])) == 3
+    stored = await repository.trainer_run_images(worker, lease)  # replaced, in order
+    assert [(r["idx"], r["url"]) for r in stored] == [(i, m["url"]) for i, m in enumerate(images[:3])]
 
-    last = await repository.append_trainer_events(worker, run_id, epoch, 1, [
+    last = await repository.trainer_append_events(worker, lease, 1, [
         ("epoch.completed", {"epoch": 1, "val": {"recall_at_1": 0.5}}),
         _checkpoint_event(1),
         ("eval.completed", {"epoch": 1, "split": "test", "overall": {"recall_at_1": 0.4}}),
     ])
     assert last == 3
-    manifest = await repository.checkpoint_manifest_for_epoch(worker, run_id, 1)
+    manifest = await repository.trainer_checkpoint_manifest(worker, lease, 1)
     assert manifest and manifest.endswith("epoch-001/manifest.json")
-    assert await repository.finish_run(worker, run_id, epoch, "completed")
+    (checkpoint,) = await repository.run_checkpoints(admin, run_id)
+    assert (await repository.trainer_checkpoint(worker, lease, checkpoint["id"]))["epoch"] == 1
+    assert await repository.trainer_finish_run(worker, lease, "completed")
 
     run = await repository.get_run(admin, run_id)
     assert run["status"] == "completed" and run["progress_step"] == 3
-    assert len(await repository.run_checkpoints(admin, run_id)) == 1
+    assert "lease_token" not in run.keys()  # nothing shown to readers carries the token
     assert len(await repository.run_evaluations(admin, run_id)) == 1
-    assert await repository.get_run(worker, run_id) is None  # finished: no longer visible
-    assert await repository.launch_recorded(worker, run_id, 1, epoch) is None
+    assert await repository.trainer_launch_recorded(worker, lease, 1) is None  # no longer in flight
 
 
-async def test_the_fence_keeps_the_trainer_off_other_runs(runs, worker_conn):
-    admin, worker = runs["admin"], worker_conn
-    held_epoch = runs["held"][1]
-    other = runs["other"][0]
-    before = dict(await repository.get_run(admin, other))
-
-    with pytest.raises(LeaseLost):
-        await repository.append_trainer_events(worker, other, held_epoch, 1, [_checkpoint_event(1)])
-    assert not (await repository.heartbeat_run(worker, other, held_epoch, LEASE)).owned
-    assert not await repository.finish_run(worker, other, held_epoch, "failed")
-    assert not await repository.start_run(worker, other, held_epoch, LEASE, {})
-    for finished_or_queued in (runs["done"], runs["queued"]):
-        assert not await repository.finish_run(worker, finished_or_queued, 1, "failed")
-        assert not await repository.finish_run(worker, finished_or_queued, 0, "failed")
-
-    after = dict(await repository.get_run(admin, other))
-    assert after == before
+async def test_a_token_opens_its_own_run_only(runs, worker_conn):
+    admin, worker, held, other = runs["admin"], worker_conn, runs["held"], runs["other"]
+    wrong_run = repository.Lease(other.id, held.lease_token)  # a real token, another run
+    guessed = repository.Lease(other.id, str(uuid.uuid4()))
+    before = dict(await repository.get_run(admin, other.id))
+    products = await repository.select_products(admin, "all_products")
+    images = await repository.product_images_for(admin, [p["id"] for p in products])
+    assert await repository.trainer_store_run_images(admin, _lease(other), _image_rows(images[:2]))
+    for lease in (wrong_run, guessed):
+        assert await repository.trainer_run(worker, lease) is None
+        assert await repository.trainer_launch_recorded(worker, lease, 2) is None
+        assert not await repository.trainer_start_run(worker, lease, LEASE, {})
+        assert not (await repository.trainer_heartbeat(worker, lease, LEASE)).owned
+        with pytest.raises(LeaseLost):
+            await repository.trainer_append_events(worker, lease, 1, [_checkpoint_event(1)])
+        with pytest.raises(LeaseLost):
+            await repository.trainer_store_run_images(worker, lease, [])
+        assert await repository.trainer_run_images(worker, lease) == []
+        assert await repository.trainer_checkpoint_manifest(worker, lease, 1) is None
+        assert not await repository.trainer_finish_run(worker, lease, "failed")
+    assert dict(await repository.get_run(admin, other.id)) == before
+    assert len(await repository.trainer_run_images(admin, _lease(other))) == 2  # untouched
+    for run_id in (runs["done"], runs["queued"]):
+        assert not await repository.trainer_finish_run(
+            worker, repository.Lease(run_id, held.lease_token), "failed")
     assert (await repository.get_run(admin, runs["done"]))["status"] == "completed"
     assert (await repository.get_run(admin, runs["queued"]))["status"] == "queued"
 
 
+async def test_a_token_dies_with_its_claim(runs, worker_conn):
+    """Released (nothing to hold), claimed again, or requeued to resume (queue_resume moves the
+    epoch): the old token changes nothing, and after a new claim it opens nothing."""
+    admin, worker, held = runs["admin"], worker_conn, runs["held"]
+    old = _lease(held)
+    assert await repository.release_run(admin, held.id, held.lease_epoch, "test")
+    assert not await repository.trainer_start_run(worker, old, LEASE, {})
+    [again] = [c for c in await repository.claim_runs(admin, "dispatcher-2", 10, LEASE)
+               if c.id == held.id]
+    assert again.lease_token != held.lease_token
+    assert await repository.trainer_run(worker, old) is None
+    assert not await repository.trainer_start_run(worker, old, LEASE, {})
+    assert await repository.trainer_start_run(worker, _lease(again), LEASE, {})
+    assert await repository.recover_attempt(admin, held.id, again.lease_epoch, "stalled", "test",
+                                            3) == "queued"
+    assert await repository.trainer_run(worker, _lease(again)) is None
+
+
 REFUSED = [
+    "SELECT * FROM training_runs",
+    "SELECT lease_token FROM training_runs WHERE id = {other}",
+    "SELECT * FROM checkpoints",
+    "SELECT * FROM run_images",
+    "INSERT INTO run_images (run_id, idx, split, product_id, url, domain, label) VALUES ({other}, 0, 'train', 1, 'u', 'real', 'l')",
+    "DELETE FROM run_images",
     "UPDATE training_runs SET status = 'failed'",
     "UPDATE training_runs SET config = '{{}}' WHERE id = {other}",
     "DELETE FROM training_runs WHERE id = {done}",
@@ -151,11 +191,16 @@ REFUSED = [
     "DELETE FROM evaluations",
     "UPDATE products SET product_name = 'x'",
     "DELETE FROM product_images",
-    "UPDATE run_images SET label = 'x'",
     "SELECT * FROM trained_models",
     "SELECT * FROM training_events",
     "SELECT * FROM evaluations",
     "SELECT * FROM run_launches",
+    # the lease_epoch-fenced functions are the services' own: an epoch is guessable
+    "SELECT start_run({other}, 2, 60, '{{}}')",
+    "SELECT * FROM heartbeat_run({other}, 2, 60)",
+    "SELECT append_trainer_events({other}, 2, 1, ARRAY['epoch.started'], ARRAY['{{}}'::jsonb])",
+    "SELECT finish_run({other}, 2, 'failed')",
+    "SELECT lease_epoch_of({other}, gen_random_uuid())",
     "SELECT request_cancel({other})",
     "SELECT * FROM claim_runs('rogue', 10, 60)",
     "SELECT request_delete({done}, true)",
@@ -164,29 +209,11 @@ REFUSED = [
 
 
 async def test_anything_else_is_refused(runs, worker_conn):
-    ids = {"held": runs["held"][0], "other": runs["other"][0], "done": runs["done"]}
+    ids = {"held": runs["held"].id, "other": runs["other"].id, "done": runs["done"]}
     for statement in REFUSED:
         with pytest.raises(asyncpg.PostgresError) as err:
             await worker_conn.execute(statement.format(**ids))
         assert err.value.sqlstate == "42501", (statement, err.value)  # insufficient_privilege
-
-
-async def test_finished_queued_and_other_runs_data_is_out_of_sight(runs, worker_conn):
-    admin, worker = runs["admin"], worker_conn
-    done, queued, held = runs["done"], runs["queued"], runs["held"][0]
-    for run_id in (done, queued):
-        assert await repository.get_run(worker, run_id) is None
-    await admin.execute("INSERT INTO run_images (run_id, idx, split, product_id, url, domain, label)"
-                        " SELECT $1, 0, 'train', min(id), 'u', 'real', 'l' FROM products", done)
-    assert await repository.run_images(worker, done) == []
-    assert await worker.execute("DELETE FROM run_images WHERE run_id = $1", done) == "DELETE 0"
-    with pytest.raises(asyncpg.PostgresError) as err:  # the row-level check refuses it
-        await worker.execute("INSERT INTO run_images (run_id, idx, split, product_id, url, domain,"
-                             " label) SELECT $1, 1, 'train', min(id), 'u', 'real', 'l' FROM products",
-                             done)
-    assert err.value.sqlstate == "42501"
-    visible = {r["id"] for r in await worker.fetch("SELECT id FROM training_runs")}
-    assert held in visible and not visible & {done, queued}
 
 
 @pytest.mark.slow
@@ -213,7 +240,7 @@ async def test_a_real_attempt_as_the_trainer_role_with_s3_checkpoints(conn, work
         progress_interval=0,
         writer=EventWriterConfig(flush_interval=0.05, heartbeat_interval=0.2, lease_seconds=30))
     status = await asyncio.to_thread(run_attempt, env, run_id, claimed.attempt,
-                                     claimed.lease_epoch)
+                                     claimed.lease_token)
     run = await repository.get_run(conn, run_id)
     assert status == "completed", run["error_message"]
     assert run["status"] == "completed" and run["best_checkpoint_id"] is not None

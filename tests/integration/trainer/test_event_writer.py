@@ -2,18 +2,17 @@
 import time
 
 import psycopg
-import pytest
 
 from db import repository
 from services.trainer.event_writer import EventWriter, EventWriterConfig
 from tests.conftest import _libpq
 
 
-def _claim(db_url):
+def _claim(db_url) -> repository.Lease:
     with psycopg.connect(_libpq(db_url), autocommit=True) as pg:
         run_id = pg.execute("INSERT INTO training_runs (name) VALUES ('w') RETURNING id").fetchone()[0]
-        epoch = pg.execute("SELECT lease_epoch FROM claim_runs('t', 1, 60)").fetchone()[0]
-    return run_id, epoch
+        token = pg.execute("SELECT lease_token FROM claim_runs('t', 1, 60)").fetchone()[0]
+    return repository.Lease(run_id, str(token))
 
 
 def _trainer_events(db_url, run_id):
@@ -29,8 +28,9 @@ def _kill_writer(db_url, run_id):
 
 
 def test_events_survive_killed_connection_in_order(db_url):
-    run_id, epoch = _claim(db_url)
-    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+    lease = _claim(db_url)
+    run_id = lease.run_id
+    writer = EventWriter(db_url, lease, EventWriterConfig(
         flush_interval=0.01, heartbeat_interval=0.5, lease_seconds=2, retry_base=0.05))
     writer.start()
     killed = 0
@@ -56,8 +56,9 @@ def test_events_survive_killed_connection_in_order(db_url):
 
 
 def test_lost_lease_is_reported_and_writes_stop(db_url):
-    run_id, epoch = _claim(db_url)
-    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+    lease = _claim(db_url)
+    run_id = lease.run_id
+    writer = EventWriter(db_url, lease, EventWriterConfig(
         flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
     writer.start()
     writer.emit("epoch.started", {"epoch": 1})
@@ -75,8 +76,9 @@ def test_lost_lease_is_reported_and_writes_stop(db_url):
 
 
 def test_cancel_request_seen_through_heartbeat(db_url):
-    run_id, epoch = _claim(db_url)
-    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+    lease = _claim(db_url)
+    run_id = lease.run_id
+    writer = EventWriter(db_url, lease, EventWriterConfig(
         flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
     writer.start()
     assert writer.stop_reason() is None
@@ -97,8 +99,9 @@ def _wait_for(predicate, timeout=10.0):
 
 
 def test_non_finite_numbers_are_stored_as_null_and_the_step_is_heartbeaten(db_url):
-    run_id, epoch = _claim(db_url)
-    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+    lease = _claim(db_url)
+    run_id = lease.run_id
+    writer = EventWriter(db_url, lease, EventWriterConfig(
         flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
     writer.start()
     writer.step = 7
@@ -122,8 +125,9 @@ def test_non_finite_numbers_are_stored_as_null_and_the_step_is_heartbeaten(db_ur
 
 
 def test_a_batch_refused_for_its_content_is_not_retried(db_url):
-    run_id, epoch = _claim(db_url)
-    writer = EventWriter(db_url, run_id, epoch, EventWriterConfig(
+    lease = _claim(db_url)
+    run_id = lease.run_id
+    writer = EventWriter(db_url, lease, EventWriterConfig(
         flush_interval=0.01, heartbeat_interval=0.1, lease_seconds=1))
     writer.start()
     writer.emit("batch.progress", {"note": "bad \x00 byte"})  # jsonb refuses \u0000

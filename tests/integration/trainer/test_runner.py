@@ -63,12 +63,12 @@ async def _queue_and_claim(conn, config, run_id=None):
     (claimed,) = await repository.claim_runs(conn, "test", 1, 60)
     assert claimed.id == run_id
     assert await repository.mark_launched(conn, run_id, claimed.lease_epoch, "test", None)
-    return run_id, claimed.attempt, claimed.lease_epoch
+    return run_id, claimed.attempt, claimed.lease_token
 
 
 async def _attempt(env, conn, config=None, run_id=None):
-    run_id, attempt, epoch = await _queue_and_claim(conn, config, run_id)
-    status = await asyncio.to_thread(run_attempt, env, run_id, attempt, epoch)
+    run_id, attempt, token = await _queue_and_claim(conn, config, run_id)
+    status = await asyncio.to_thread(run_attempt, env, run_id, attempt, token)
     return run_id, status, dict(await repository.get_run(conn, run_id))
 
 
@@ -175,9 +175,9 @@ async def test_cancel_during_the_download_ends_the_run_at_once(conn, db_url, tmp
                          "frame_index": None, "source_key": f"p{i}-{j}"} for j in range(8)]}
             for i in range(12)])
         config = {**CONFIG, "image_config": {"image_types": ["real"]}}
-        run_id, attempt, epoch = await _queue_and_claim(conn, config)
+        run_id, attempt, token = await _queue_and_claim(conn, config)
         env = _env(LocalStorage(tmp_path / "storage"), tmp_path, db_url)
-        task = asyncio.create_task(asyncio.to_thread(run_attempt, env, run_id, attempt, epoch))
+        task = asyncio.create_task(asyncio.to_thread(run_attempt, env, run_id, attempt, token))
         assert await asyncio.to_thread(server.requested.wait, 60)  # the download is under way
         assert await repository.request_cancel(conn, run_id) == "running"
         cancelled_at = time.monotonic()
@@ -192,8 +192,9 @@ async def test_cancel_during_the_download_ends_the_run_at_once(conn, db_url, tmp
 
 
 async def test_a_refused_event_fails_the_run_instead_of_completing_it(conn, db_url, tmp_path):
-    run_id, attempt, epoch = await _queue_and_claim(conn, CONFIG)
-    current = Attempt(_env(LocalStorage(tmp_path), tmp_path, db_url), run_id, attempt, epoch)
+    run_id, attempt, token = await _queue_and_claim(conn, CONFIG)
+    current = Attempt(_env(LocalStorage(tmp_path), tmp_path, db_url),
+                      repository.Lease(run_id, token), attempt)
     current.writer.start()
     try:
         assert await asyncio.to_thread(current.load_run) is not None
