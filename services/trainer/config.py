@@ -216,6 +216,14 @@ class RunConfig(_Strict):
         return path
 
     @model_validator(mode="after")
+    def _batch_from_sampler(self) -> "RunConfig":
+        """A P-K batch is p*k images: a config that sets the sampler and leaves batch_size out
+        gets that, instead of a mismatch with the default batch_size."""
+        if self.sampler.type == "pk" and "batch_size" not in self.training.model_fields_set:
+            self.training.batch_size = self.sampler.p * self.sampler.k
+        return self
+
+    @model_validator(mode="after")
     def _miner_cost_bounded(self) -> "RunConfig":
         batch, miner = self.training.batch_size, self.loss.miner
         if (self.loss.type in ("triplet", "combined") and miner in CUBIC_MINERS

@@ -66,3 +66,14 @@ def test_decoded_text_equals_parsed_dict():
     assert parse_config(json.dumps({"training": {"epochs": 3}})) == parse_config(
         {"training": {"epochs": 3}})
     assert decode_config(b"{}") == {}
+
+
+def test_a_pk_batch_left_out_is_p_times_k_and_a_stated_one_must_match():
+    assert parse_config({"sampler": {"p": 4, "k": 4}}).training.batch_size == 16
+    assert parse_config({}).training.batch_size == 32  # the default sampler: 8 x 4
+    assert parse_config({"sampler": {"type": "random"}}).training.batch_size == 32
+    with pytest.raises(InvalidConfig, match=r"must equal sampler.p \* sampler.k \(4\*4=16\)"):
+        parse_config({"sampler": {"p": 4, "k": 4}, "training": {"batch_size": 32}})
+    # a derived batch is held to the miner's bound like a stated one
+    with pytest.raises(InvalidConfig, match="batch_size 2000 needs"):
+        parse_config({"sampler": {"p": 2, "k": 1000}})
