@@ -43,7 +43,8 @@ EVENT_TYPES: dict[str, EventType] = {
                "launcher, external_job_id, waited_s, workers, message",
                "the RunPod job waits in the endpoint's queue: no worker has taken it"),
         _event("run.started", "start_run() (trainer)",
-               "total_epochs, start_epoch, model, device, amp, resume_from_checkpoint_id",
+               "total_epochs, start_epoch, model, embedding_dim, device, amp, "
+               "resume_from_checkpoint_id",
                "start_epoch > 1 when the attempt resumes from checkpoint "
                "resume_from_checkpoint_id"),
         _event("data.prepared", "trainer",

@@ -236,6 +236,7 @@ def run_attempt(env: TrainerEnvironment, run_id: int, attempt: int, lease_token:
         resume_from = _resume_checkpoint(current, row["resume_from_checkpoint_id"])
         if not current.start({
             "total_epochs": config.training.epochs, "model": config.model,
+            "embedding_dim": config.training.embedding_dim,
             "device": env.device, "amp": config.training.amp,
             "start_epoch": 1 if resume_from is None else resume_from["epoch"] + 1,
             "resume_from_checkpoint_id": resume_from and resume_from["id"],
