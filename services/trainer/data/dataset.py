@@ -11,11 +11,11 @@ per-worker seeding make them reproducible.
   are part of what identifies a product).
 - Eval: resize the shorter side to `image_size / 0.875`, centre crop `image_size`.
 - Both end normalised with the ImageNet mean and std, which DINOv2/v3 were trained with.
-Both start from the image decoded with its shorter side at `image_size / 0.875`
-(`decoded.decode_resized`), which is cached on disk (`decoded.DecodedImageCache`) when the
-image came from the download cache: every epoch after the first, and every later run at the
-same size, only loads that uint8 array and augments it. The random crop is taken from that
-array, so it sees the image at 1/0.875 of the input size, not at its original resolution.
+Both start from the image decoded with its shorter side at `decoded_side` (eval: size / 0.875;
+train: size / sqrt(0.5), so the smallest random crop is still downscaled to the input size), via
+`decoded.decode_resized`, cached on disk (`decoded.DecodedImageCache`) when the image came from
+the download cache: every epoch after the first, and every later run at the same size, only
+loads that uint8 array and augments it.
 
 Besides `labels` and `domains` (what the sampler plans from), a dataset lists per item its
 `categories` (the product's category, for per-category metrics) and `sources` (see
@@ -169,7 +169,8 @@ class ProductImageDataset(Dataset):
         """Item `index` decoded at this dataset's size: from the decoded cache when the image
         has one (images from the download cache do), else decoded now."""
         image = self.images[index]
-        side = decoded_side(self.image_size)
+        crop_area = CROP_SCALE[0] if self.train else EVAL_CROP_FRACTION ** 2
+        side = decoded_side(self.image_size, crop_area)
         if image.decoded_dir is None:
             return decode_resized(image.path, side)
         return DecodedImageCache(image.decoded_dir).load(image.path, side)

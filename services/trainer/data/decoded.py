@@ -5,7 +5,10 @@ resizing it costs a CPU core several milliseconds, so decoding every image every
 the GPU. The first time an image is needed at a size it is decoded and resized once, and the
 result (uint8 HWC, its shorter side `decoded_side(image_size)`) is kept as a ``.npy`` file;
 every later epoch, and every later run at the same input size, loads that array (tens of
-microseconds) and only augments it.
+microseconds) and only augments it. Training and evaluation keep different sides: eval's centre
+crop needs size / 0.875; training's random crops (down to half the area) need size / sqrt(0.5),
+so even the smallest crop is downscaled to the input size, never blown up (upscaled crops gave
+blurrier training images than the model is evaluated on).
 
 - Decoding: Pillow, which ships libjpeg-turbo. For a JPEG, `draft` decodes at the largest
   DCT scale (1/2, 1/4, 1/8) that still covers the target, which skips most of the work on
@@ -16,8 +19,8 @@ microseconds) and only augments it.
   reuse a stale array. Layout: ``<root>/<side>px-<RESIZE_MODE>/<h[:2]>/<h>.npy``.
 - Writes are atomic (temp file + rename): DataLoader worker processes that decode the same
   image at once both write a complete file and either one wins.
-- Nothing is evicted: about 200 KB per image at 224 px (256 px shorter side); delete the
-  folder to reclaim the space.
+- Nothing is evicted: about 200 KB per image for eval and 400 KB for training at 224 px (256 and
+  317 px shorter sides); delete the folder to reclaim the space.
 """
 from __future__ import annotations
 
@@ -36,9 +39,11 @@ RESIZE_MODE = "short-bilinear-v1"
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 
 
-def decoded_side(image_size: int) -> int:
-    """Shorter side kept in the cache: what the eval centre crop (size / 0.875) needs."""
-    return math.ceil(image_size / EVAL_CROP_FRACTION)
+def decoded_side(image_size: int, crop_area: float = EVAL_CROP_FRACTION ** 2) -> int:
+    """Shorter side kept in the cache, so that a crop of `crop_area` of the image (a fraction of
+    its area) still has `image_size` pixels a side: the eval centre crop is 0.875 of the side;
+    training's smallest random crop is its smallest crop scale."""
+    return math.ceil(image_size / math.sqrt(crop_area))
 
 
 def decode_resized(path: Path, side: int) -> np.ndarray:

@@ -23,8 +23,9 @@ def _photo(path, size=(1000, 600), fmt="JPEG", **save):
     return path
 
 
-def test_decoded_side_covers_the_eval_crop():
+def test_decoded_side_covers_the_eval_crop_and_the_smallest_train_crop():
     assert decoded_side(224) == 256 and decoded_side(64) == 74 and decoded_side(7) == 8
+    assert decoded_side(224, 0.5) == 317 and decoded_side(56, 0.5) == 80  # 317 * sqrt(.5) >= 224
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
