@@ -32,10 +32,14 @@ comparison. The computation runs on the embeddings' device (the GPU when there i
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 SYNTHETIC_DOMAINS = ("synthetic",)
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries one rank_and_score call may hold
@@ -200,6 +204,36 @@ def chunk_rows(n_gallery: int, memory_budget: int, bytes_per_pair: int) -> int:
     return max(1, (memory_budget // 2) // max(1, n_gallery * bytes_per_pair))
 
 
+@dataclass
+class _RowSplitMatmul:
+    """A CPU matrix product through numpy's BLAS, its rows split over a pool of threads that
+    each run a single-threaded BLAS (`rank_and_score` limits it to one thread meanwhile)."""
+
+    pool: ThreadPoolExecutor
+    parts: int
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        bounds = np.linspace(0, a.shape[0], self.parts + 1).astype(int)
+        rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        list(self.pool.map(lambda r: np.matmul(a[r], b, out=out[r]), rows))
+        return out
+
+
+def similarities(queries: torch.Tensor, gallery: torch.Tensor,
+                 cpu_matmul: _RowSplitMatmul | None = None) -> torch.Tensor:
+    """queries @ gallery.T, a chunk's [rows, gallery] scores.
+
+    On CPU through `cpu_matmul`, numpy's BLAS (OpenBLAS, which picks its kernels per CPU at run
+    time): torch's CPU build links MKL, whose sgemm took 1.4x as long for this product on the
+    AMD machines here. Single-threaded BLAS calls on a thread pool rather than OpenBLAS's own
+    threads, which spin for a while after each product and starved the torch ops that follow
+    (the top-k took twice as long)."""
+    if cpu_matmul is None:
+        return queries @ gallery.T
+    return torch.from_numpy(cpu_matmul(queries.detach().numpy(), gallery.detach().numpy().T))
+
+
 def rank_and_score(
     query_emb: torch.Tensor,
     query_labels: Sequence[Hashable] | torch.Tensor,
@@ -232,35 +266,41 @@ def rank_and_score(
     parts: list[tuple[torch.Tensor, _Scored]] = []
     n_relevant_parts = []
     neg_inf = float("-inf")
-    for start in range(0, q.shape[0], step):
-        stop = min(start + step, q.shape[0])
-        sims = q[start:stop] @ g.T
-        rows = torch.arange(stop - start, device=device)
-        if leave_one_out:
-            sims[rows, rows + start] = neg_inf
-        if sources is not None:
-            same, valid = sources.members(qs[start:stop])
-            sims[rows[:, None].expand_as(same)[valid], same[valid]] = neg_inf
-        relevant, valid = labels.members(ql[start:stop])
-        rel_scores = sims.gather(1, relevant)
-        valid &= rel_scores != neg_inf
-        n_relevant = valid.sum(dim=1)
-        n_relevant_parts.append(n_relevant)
-        lowest = torch.where(valid, rel_scores, float("inf")).amin(dim=1) if valid.shape[1] \
-            else torch.full((stop - start,), float("inf"), device=device)
-        shortlist = min(n_gallery, max(k_values[-1], 2 * valid.shape[1], MIN_SHORTLIST))
-        vals, idx = _stable_order(*torch.topk(sims, shortlist, dim=1))
-        chunk = _score_ranked(vals, idx, ql[start:stop], gl, n_relevant, k_values)
-        if shortlist < n_gallery:
-            uncovered = (n_relevant > 0) & (lowest <= vals[:, -1])
-            if bool(uncovered.any()):
-                rows_left = uncovered.nonzero().squeeze(1)
-                for batch, scored in _fallback(sims[rows_left], lowest[rows_left],
-                                               ql[start:stop][rows_left], gl,
-                                               n_relevant[rows_left], k_values, fallback_rows):
-                    _assign(chunk, rows_left[batch], scored)
-        del sims
-        parts.append((torch.arange(start, stop), chunk))
+    with ExitStack() as cpu:
+        matmul = None
+        if device.type == "cpu":  # see `similarities`
+            cpu.enter_context(threadpool_limits(1, user_api="blas"))
+            threads = torch.get_num_threads()
+            matmul = _RowSplitMatmul(cpu.enter_context(ThreadPoolExecutor(threads)), threads)
+        for start in range(0, q.shape[0], step):
+            stop = min(start + step, q.shape[0])
+            sims = similarities(q[start:stop], g, matmul)
+            rows = torch.arange(stop - start, device=device)
+            if leave_one_out:
+                sims[rows, rows + start] = neg_inf
+            if sources is not None:
+                same, valid = sources.members(qs[start:stop])
+                sims[rows[:, None].expand_as(same)[valid], same[valid]] = neg_inf
+            relevant, valid = labels.members(ql[start:stop])
+            rel_scores = sims.gather(1, relevant)
+            valid &= rel_scores != neg_inf
+            n_relevant = valid.sum(dim=1)
+            n_relevant_parts.append(n_relevant)
+            lowest = torch.where(valid, rel_scores, float("inf")).amin(dim=1) if valid.shape[1] \
+                else torch.full((stop - start,), float("inf"), device=device)
+            shortlist = min(n_gallery, max(k_values[-1], 2 * valid.shape[1], MIN_SHORTLIST))
+            vals, idx = _stable_order(*torch.topk(sims, shortlist, dim=1))
+            chunk = _score_ranked(vals, idx, ql[start:stop], gl, n_relevant, k_values)
+            if shortlist < n_gallery:
+                uncovered = (n_relevant > 0) & (lowest <= vals[:, -1])
+                if bool(uncovered.any()):
+                    rows_left = uncovered.nonzero().squeeze(1)
+                    for batch, scored in _fallback(
+                            sims[rows_left], lowest[rows_left], ql[start:stop][rows_left], gl,
+                            n_relevant[rows_left], k_values, fallback_rows):
+                        _assign(chunk, rows_left[batch], scored)
+            del sims
+            parts.append((torch.arange(start, stop), chunk))
 
     def cat(values: list[torch.Tensor], dtype: torch.dtype, width: int | None = None):
         if values:
