@@ -17,11 +17,13 @@ async def test_create_run_through_the_form_and_an_invalid_form_is_rejected(page,
     assert await page.inner_text("[data-field='training.epochs'] > .field-error") == "must be ≥ 1"
     await screenshot(page, "create_form_browser_errors")
     assert await conn.fetchval("SELECT count(*) FROM training_runs") == 0
-    # server-side validation: the batch size must match the P-K sampler (a cross-field rule)
+    # server-side validation: a stated batch size must match the P-K sampler (a cross-field
+    # rule; a batch size left at its default follows p * k)
     await page.fill("#f-name", "s2-standard")
     await page.fill("#f-training-epochs", "3")
     await page.click("#advanced summary")
     await page.fill("#f-sampler-p", "6")
+    await page.fill("#f-training-batch_size", "40")
     await page.click("#create-submit")
     error = page.locator("[data-field='training.batch_size'] > .field-error")
     await error.wait_for()
@@ -29,6 +31,7 @@ async def test_create_run_through_the_form_and_an_invalid_form_is_rejected(page,
     await screenshot(page, "create_form_invalid")
     assert await conn.fetchval("SELECT count(*) FROM training_runs") == 0
 
+    await page.fill("#f-training-batch_size", "32")
     await page.fill("#f-sampler-p", "8")
     await page.select_option("#f-model", "dinov2-large")
     await page.click("#create-submit")
