@@ -170,8 +170,8 @@ class TrainingRun(Base):
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="ck_training_runs_status"),
         CheckConstraint("attempt >= 0", name="ck_training_runs_attempt"),
-        # revision 0004: documents no decoder can read are refused at INSERT (db/sql/0004)
-        CheckConstraint("run_config_within_limits(config)", name="ck_training_runs_config_limits"),
+        # documents no decoder can read are refused when a config is written: revision 0004's
+        # run_config_within_limits, called by a trigger since 0006 (db/sql/0006_queue_speed.sql)
         CheckConstraint("char_length(name) BETWEEN 1 AND 200", name="ck_training_runs_name_length"),
         Index(
             "ix_training_runs_claimable",

@@ -49,12 +49,10 @@ async def test_one_bad_run_fails_alone_and_the_batch_launches(db_url, catalog_co
 async def test_undecodable_config_fails_that_run_with_invalid_config(db_url, catalog_conn):
     conn = catalog_conn
     good = await repository.insert_run(conn, "good", {})
-    # revision 0004 refuses such documents at INSERT; this checks the dispatcher's own defence
-    await conn.execute("""DO $$ DECLARE c text; BEGIN
-      FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = 'training_runs'::regclass
-                 AND contype = 'c' AND conname LIKE '%config%' LOOP
-        EXECUTE format('ALTER TABLE training_runs DROP CONSTRAINT %I', c);
-      END LOOP; END $$""")
+    # the database refuses such documents when written (0004, a trigger since 0006); this
+    # checks the dispatcher's own defence
+    await conn.execute(
+        "ALTER TABLE training_runs DISABLE TRIGGER training_runs_config_within_limits")
     deep = "[" * 3000 + "]" * 3000  # jsonb stores it; Python's decoder recurses too deep
     bad = await conn.fetchval("INSERT INTO training_runs (name, config) VALUES "
                               "('deep', jsonb_build_object('x', $1::text::jsonb)) RETURNING id",
