@@ -1,4 +1,7 @@
 -- Undo schema revision 0006: revision 0002's mark_launched_batch and 0004's CHECK constraint.
+DROP FUNCTION mark_launched_and_claim(bigint[], bigint[], text, text[], jsonb[], text, int,
+                                      double precision);
+
 CREATE OR REPLACE FUNCTION mark_launched_batch(p_run_ids bigint[], p_lease_epochs bigint[], p_launcher text,
                                     p_external_job_ids text[], p_identities jsonb[])
 RETURNS boolean[] LANGUAGE plpgsql AS $$
