@@ -114,7 +114,7 @@ class DatasetProduct(Base):
 class TrainingRun(Base):
     """A training run is also the queue row: status, lease and fencing token live here."""
 
-    __tablename__ = "training_runs"
+    __tablename__ = "training_runs"  # fillfactor 70 since revision 0006 (HOT launch updates)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     # names everything the run stores (runs/{run_uuid}/attempt-{n}/...), never the serial id

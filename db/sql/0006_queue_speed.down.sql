@@ -35,6 +35,8 @@ BEGIN
   RETURN coalesce(v_recorded, '{}');
 END $$;
 
+ALTER TABLE training_runs RESET (fillfactor);
+
 DROP TRIGGER training_runs_config_within_limits ON training_runs;
 DROP FUNCTION training_runs_config_within_limits();
 ALTER TABLE training_runs

@@ -148,7 +148,6 @@ class Dispatcher(ListeningService):
     async def _start_one(self, conn, run: repository.ClaimedRun):
         """Prepare one claimed run and start its job held at the gate: (run, request, job), or
         the TickResult field of what happened instead (failed / released)."""
-        log = self.log.bind(run_id=run.id, attempt=run.attempt)
         request = LaunchRequest(run.id, run.attempt, run.lease_epoch)
         if self._stopping.is_set():
             return await self._release(conn, run, "dispatcher stopped")
@@ -156,14 +155,15 @@ class Dispatcher(ListeningService):
             await self.preflight.check(conn, run.config)
             return run, request, await self.launcher.launch(request)
         except SkutrainError as exc:
-            return await self._fail(conn, run, exc, log)
+            return await self._fail(conn, run, exc)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-            log.warning("run.launch_interrupted", error=redact_text(str(exc)))
+            self.log.warning("run.launch_interrupted", run_id=run.id, attempt=run.attempt,
+                             error=redact_text(str(exc)))
             return await self._release(conn, run, "dispatcher lost the database while launching")
         except Exception as exc:  # noqa: BLE001 - one run's failure must not take the batch
             failure = LaunchFailed(
                 f"preparing the launch failed: {type(exc).__name__}: {redact_text(str(exc))[:500]}")
-            return await self._fail(conn, run, failure, log)
+            return await self._fail(conn, run, failure)
 
     async def _record(self, conn, started, ahead: int) -> tuple[list[str], list]:
         """Record the started jobs' launches in one commit, claiming up to `ahead` more runs in
@@ -189,11 +189,11 @@ class Dispatcher(ListeningService):
         for (run, request, job), ok in zip(started, recorded):
             if ok:
                 await self.launcher.release(request, job)
-                metrics.LAUNCHES.labels(launcher=self.launcher.name).inc()
                 outcomes.append("launched")
             else:
                 await self.launcher.abandon(request, job)
                 outcomes.append("released")
+        metrics.LAUNCHES.labels(launcher=self.launcher.name).inc(outcomes.count("launched"))
         return outcomes, claimed
 
     async def _release_ahead(self) -> None:
@@ -210,7 +210,8 @@ class Dispatcher(ListeningService):
             self.log.warning("dispatcher.release_failed", runs=len(runs),
                              error=redact_text(str(exc)))
 
-    async def _fail(self, conn, run, exc: SkutrainError, log) -> str:
+    async def _fail(self, conn, run, exc: SkutrainError) -> str:
+        log = self.log.bind(run_id=run.id, attempt=run.attempt)
         log.warning("run.failed", error_code=exc.code, error=exc.message)
         metrics.LAUNCH_FAILURES.labels(launcher=self.launcher.name, error_code=exc.code).inc()
         try:
