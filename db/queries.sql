@@ -421,8 +421,8 @@ SELECT launched_attempt IS NOT DISTINCT FROM attempt
 
 -- name: mark_launched_and_claim
 -- mark_launched_batch ($1-$5), then claim_runs (owner $6, up to $7 runs, lease $8 s) in the same
--- commit. Columns as claim_runs' plus `recorded` (per launch, as mark_launched_batch returns);
--- one row with NULL run columns when nothing was claimed.
+-- commit. First a row with `recorded` (per launch, as mark_launched_batch returns) and NULL run
+-- columns, then one row per claimed run with claim_runs' columns.
 SELECT recorded, (run).id, (run).name, (run).config::text AS config_text, (run).attempt,
        (run).lease_epoch, (run).priority
   FROM mark_launched_and_claim($1::bigint[], $2::bigint[], $3, $4::text[], $5::jsonb[], $6, $7,

@@ -307,7 +307,7 @@ async def mark_launched_and_claim(conn, launcher: str,
     """mark_launched_batch, then claim_runs up to `limit` runs for `owner`, in one commit."""
     rows = await conn.fetch(QUERIES["mark_launched_and_claim"], *_launch_args(launcher, launches),
                             owner, limit, float(lease_seconds))
-    return rows[0]["recorded"], _claimed_runs(rows)
+    return next(r["recorded"] for r in rows if r["recorded"] is not None), _claimed_runs(rows)
 
 
 async def live_launches(conn, launcher: str) -> list[asyncpg.Record]:

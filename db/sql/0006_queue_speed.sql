@@ -64,21 +64,16 @@ END $$;
 
 -- A dispatcher with work queued records a batch's launches and claims its next batch in one
 -- statement and one commit (claim_runs after mark_launched_batch, so the event locks are still
--- taken before the transaction has an xid). A run claimed here is held on the same lease terms
--- as one from a lone claim_runs: until launched, released, or its lease expires. One row per
--- claimed run, each carrying the launch results; a single row with run NULL when none.
+-- taken before the transaction has an xid). A run claimed here is held on the same terms as one
+-- from a lone claim_runs: on its lease, until launched, released, or the lease expires. The first
+-- row has the launch results (run NULL), then one row per claimed run (recorded NULL).
 CREATE FUNCTION mark_launched_and_claim(p_run_ids bigint[], p_lease_epochs bigint[],
                                         p_launcher text, p_external_job_ids text[],
                                         p_identities jsonb[], p_owner text, p_limit int,
                                         p_lease_seconds double precision)
 RETURNS TABLE (recorded boolean[], run training_runs) LANGUAGE plpgsql AS $$
-DECLARE
-  v_recorded boolean[];
 BEGIN
-  v_recorded := mark_launched_batch(p_run_ids, p_lease_epochs, p_launcher, p_external_job_ids,
-                                    p_identities);
-  RETURN QUERY SELECT v_recorded, c FROM claim_runs(p_owner, p_limit, p_lease_seconds) AS c;
-  IF NOT FOUND THEN
-    RETURN QUERY SELECT v_recorded, NULL::training_runs;
-  END IF;
+  RETURN QUERY SELECT mark_launched_batch(p_run_ids, p_lease_epochs, p_launcher,
+                                          p_external_job_ids, p_identities), NULL::training_runs;
+  RETURN QUERY SELECT NULL::boolean[], c FROM claim_runs(p_owner, p_limit, p_lease_seconds) AS c;
 END $$;
