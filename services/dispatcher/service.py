@@ -66,7 +66,7 @@ class DispatcherConfig:
 
 @dataclass
 class TickResult:
-    claimed: int = 0
+    claimed: int = 0  # by this tick's statements, runs claimed ahead for the next tick included
     launched: int = 0
     failed: int = 0
     released: int = 0
