@@ -114,7 +114,7 @@ class DatasetProduct(Base):
 class TrainingRun(Base):
     """A training run is also the queue row: status, lease and fencing token live here."""
 
-    __tablename__ = "training_runs"
+    __tablename__ = "training_runs"  # fillfactor 70 since revision 0008 (HOT launch updates)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     # names everything the run stores (runs/{run_uuid}/attempt-{n}/...), never the serial id
@@ -172,8 +172,8 @@ class TrainingRun(Base):
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="ck_training_runs_status"),
         CheckConstraint("attempt >= 0", name="ck_training_runs_attempt"),
-        # revision 0004: documents no decoder can read are refused at INSERT (db/sql/0004)
-        CheckConstraint("run_config_within_limits(config)", name="ck_training_runs_config_limits"),
+        # documents no decoder can read are refused when a config is written: revision 0004's
+        # run_config_within_limits, called by a trigger since 0008 (db/sql/0008_queue_speed.sql)
         CheckConstraint("char_length(name) BETWEEN 1 AND 200", name="ck_training_runs_name_length"),
         Index(
             "ix_training_runs_claimable",

@@ -438,3 +438,15 @@ SELECT * FROM trainer_run_images($1, $2::uuid);
 -- Replace the run's image manifest (columns as arrays); returns how many rows were stored.
 SELECT trainer_store_run_images($1, $2::uuid, $3::text[], $4::bigint[], $5::text[], $6::text[],
                                 $7::int[], $8::text[], $9::text[], $10::text[], $11::text[]);
+
+-- ---------------------------------------------------------------------------------------------
+-- Queue speed (revision 0008)
+
+-- name: mark_launched_and_claim
+-- mark_launched_batch ($1-$5), then claim_runs (owner $6, up to $7 runs, lease $8 s) in the same
+-- commit. First a row with `recorded` (per launch, as mark_launched_batch returns) and NULL run
+-- columns, then one row per claimed run with claim_runs' columns.
+SELECT recorded, (run).id, (run).name, (run).config::text AS config_text, (run).attempt,
+       (run).lease_epoch, (run).lease_token::text AS lease_token, (run).priority
+  FROM mark_launched_and_claim($1::bigint[], $2::bigint[], $3, $4::text[], $5::jsonb[], $6, $7,
+                               $8);

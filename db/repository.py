@@ -68,10 +68,15 @@ async def claim_runs(conn, owner: str, limit: int, lease_seconds: float) -> list
     if limit <= 0:
         return []
     rows = await conn.fetch(QUERIES["claim_runs"], owner, limit, float(lease_seconds))
+    return _claimed_runs(rows)
+
+
+def _claimed_runs(rows) -> list[ClaimedRun]:
+    """The runs of claim_runs' columns (rows with no id are skipped)."""
     return [
         ClaimedRun(r["id"], r["name"], r["config_text"], r["attempt"], r["lease_epoch"],
                    r["priority"], r["lease_token"])
-        for r in rows
+        for r in rows if r["id"] is not None
     ]
 
 
@@ -266,10 +271,23 @@ async def _refusable(conn, query: str, *args):
 async def mark_launched_batch(conn, launcher: str,
                               launches: Sequence[tuple[int, int, str, dict]]) -> list[bool]:
     """Record (run id, lease epoch, external job id, identity) launches in one commit."""
-    return await conn.fetchval(
-        QUERIES["mark_launched_batch"], [r for r, _, _, _ in launches],
-        [e for _, e, _, _ in launches], launcher, [j for _, _, j, _ in launches],
-        [i for _, _, _, i in launches])
+    return await conn.fetchval(QUERIES["mark_launched_batch"], *_launch_args(launcher, launches))
+
+
+def _launch_args(launcher: str, launches: Sequence[tuple[int, int, str, dict]]) -> tuple:
+    """mark_launched_batch's parameters $1-$5: one array per field, and the launcher."""
+    return ([r for r, _, _, _ in launches], [e for _, e, _, _ in launches], launcher,
+            [j for _, _, j, _ in launches], [i for _, _, _, i in launches])
+
+
+async def mark_launched_and_claim(conn, launcher: str,
+                                  launches: Sequence[tuple[int, int, str, dict]], owner: str,
+                                  limit: int, lease_seconds: float
+                                  ) -> tuple[list[bool], list[ClaimedRun]]:
+    """mark_launched_batch, then claim_runs up to `limit` runs for `owner`, in one commit."""
+    rows = await conn.fetch(QUERIES["mark_launched_and_claim"], *_launch_args(launcher, launches),
+                            owner, limit, float(lease_seconds))
+    return next(r["recorded"] for r in rows if r["recorded"] is not None), _claimed_runs(rows)
 
 
 async def live_launches(conn, launcher: str) -> list[asyncpg.Record]:

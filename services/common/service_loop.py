@@ -16,6 +16,12 @@ from services.common.logging import redact_text
 TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
+async def _session_unchanged(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it came out: these loops set no session state (no SET,
+    LISTEN, session advisory lock or cursor; asyncpg rolls back an open transaction itself), so
+    the default reset query, one more round trip on every tick, is not sent."""
+
+
 class ListeningService:
     channels: tuple[str, ...] = ()
 
@@ -38,7 +44,8 @@ class ListeningService:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self._pool = await repository.create_pool(self.database_url, min_size=1, max_size=2)
+        self._pool = await repository.create_pool(self.database_url, min_size=1, max_size=2,
+                                                  reset=_session_unchanged)
         name = type(self).__name__.lower()
         self._tasks = [
             asyncio.create_task(self._listen_forever(), name=f"{name}-listener"),

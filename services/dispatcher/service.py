@@ -11,6 +11,11 @@ Each claimed run is prepared and launched on its own: whatever goes wrong with o
 that does not decode, a failing preflight, a database error) fails or releases that run and
 never the rest of its batch. A job is started held at its launch gate, its launch recorded
 (`run.launched`), then let go, so the trainer's first event always follows `run.launched`.
+
+While runs are queued, the commit that records a batch's launches also claims the next batch
+(one round trip and one commit per batch): those runs are held exactly like claimed ones, on a
+lease, and are started by the next tick, or released if the dispatcher stops first. Slots are
+counted once per such chain and only go down within it, so a chain never over-claims.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from db import repository
 from services.common import metrics
 from services.common.errors import LaunchFailed, SkutrainError
 from services.common.logging import get_logger, redact_text
-from services.common.service_loop import ListeningService
+from services.common.service_loop import TRANSIENT, ListeningService
 from services.dispatcher.launchers import Launcher, LaunchRequest
 from services.dispatcher.preflight import Preflight
 from services.reconciler.leases import settle_gone_jobs
@@ -60,7 +65,7 @@ class DispatcherConfig:
 
 @dataclass
 class TickResult:
-    claimed: int = 0
+    claimed: int = 0  # by this tick's statements, runs claimed ahead for the next tick included
     launched: int = 0
     failed: int = 0
     released: int = 0
@@ -78,11 +83,14 @@ class Dispatcher(ListeningService):
         self.preflight = Preflight()
         self.totals = TickResult()
         self._metrics_at = float("-inf")
+        self._ahead: list[repository.ClaimedRun] = []  # claimed with the last launches
+        self._ahead_slots = 0  # launcher slots left for them and the claims after them
 
     def _more_work(self, result: TickResult) -> bool:
         return bool(result.claimed)  # there may be more: claim again before sleeping
 
     async def _close(self) -> None:
+        await self._release_ahead()
         await super()._close()
         await self.launcher.close()
         self.log.info("dispatcher.stopped", **vars(self.totals))
@@ -93,19 +101,22 @@ class Dispatcher(ListeningService):
         assert self._pool is not None, "start() first"
         async with self._pool.acquire() as conn:
             await self._refresh_metrics(conn)
-            slots = self.launcher.max_concurrent
-            if self.launcher.watches_jobs:
-                result.reaped = await settle_gone_jobs(conn, self.launcher,
-                                                       self.config.max_attempts, self.log)
-                slots -= await repository.count_live_launches(conn, self.launcher.name)
-            if self._stopping.is_set() or slots <= 0:
-                return result
-            with metrics.CLAIM_SECONDS.time():
-                runs = await repository.claim_runs(
-                    conn, self.config.owner, min(slots, self.config.batch_size),
-                    self.config.lease_seconds,
-                )
-            result.claimed = len(runs)
+            runs, slots = self._ahead, self._ahead_slots
+            self._ahead = []
+            if not runs:
+                slots = self.launcher.max_concurrent
+                if self.launcher.watches_jobs:
+                    result.reaped = await settle_gone_jobs(conn, self.launcher,
+                                                           self.config.max_attempts, self.log)
+                    slots -= await repository.count_live_launches(conn, self.launcher.name)
+                if self._stopping.is_set() or slots <= 0:
+                    return result
+                with metrics.CLAIM_SECONDS.time():
+                    runs = await repository.claim_runs(
+                        conn, self.config.owner, min(slots, self.config.batch_size),
+                        self.config.lease_seconds,
+                    )
+                result.claimed = len(runs)
             self._crash_point("after_claim", runs)
             started = []
             for run in runs:
@@ -115,7 +126,12 @@ class Dispatcher(ListeningService):
                 else:
                     started.append(outcome)
             self._crash_point("after_start", started)
-            for outcome in await self._record(conn, started):
+            slots -= len(runs)
+            ahead = 0 if self._stopping.is_set() else min(slots, self.config.batch_size)
+            outcomes, self._ahead = await self._record(conn, started, ahead)
+            self._ahead_slots = slots
+            result.claimed += len(self._ahead)
+            for outcome in outcomes:
                 setattr(result, outcome, getattr(result, outcome) + 1)
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
@@ -131,7 +147,6 @@ class Dispatcher(ListeningService):
     async def _start_one(self, conn, run: repository.ClaimedRun):
         """Prepare one claimed run and start its job held at the gate: (run, request, job), or
         the TickResult field of what happened instead (failed / released)."""
-        log = self.log.bind(run_id=run.id, attempt=run.attempt)
         request = LaunchRequest(run.id, run.attempt, run.lease_epoch, run.lease_token)
         if self._stopping.is_set():
             return await self._release(conn, run, "dispatcher stopped")
@@ -139,25 +154,28 @@ class Dispatcher(ListeningService):
             await self.preflight.check(conn, run.config)
             return run, request, await self.launcher.launch(request)
         except SkutrainError as exc:
-            return await self._fail(conn, run, exc, log)
+            return await self._fail(conn, run, exc)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-            log.warning("run.launch_interrupted", error=redact_text(str(exc)))
+            self.log.warning("run.launch_interrupted", run_id=run.id, attempt=run.attempt,
+                             error=redact_text(str(exc)))
             return await self._release(conn, run, "dispatcher lost the database while launching")
         except Exception as exc:  # noqa: BLE001 - one run's failure must not take the batch
             failure = LaunchFailed(
                 f"preparing the launch failed: {type(exc).__name__}: {redact_text(str(exc))[:500]}")
-            return await self._fail(conn, run, failure, log)
+            return await self._fail(conn, run, failure)
 
-    async def _record(self, conn, started) -> list[str]:
-        """Record the started jobs' launches in one commit, then open their gates; a job whose
-        launch is not recorded has its gate closed and never trains."""
+    async def _record(self, conn, started, ahead: int) -> tuple[list[str], list]:
+        """Record the started jobs' launches in one commit, claiming up to `ahead` more runs in
+        it, then open their gates; a job whose launch is not recorded has its gate closed and
+        never trains. Returns the outcomes and the runs claimed ahead."""
         if not started:
-            return []
+            return [], []
         try:
-            recorded = await repository.mark_launched_batch(
+            recorded, claimed = await repository.mark_launched_and_claim(
                 conn, self.launcher.name,
                 [(run.id, run.lease_epoch, job.external_id, job.identity)
-                 for run, _, job in started])
+                 for run, _, job in started],
+                self.config.owner, ahead, self.config.lease_seconds)
         except BaseException as exc:
             for _, request, job in started:
                 await self.launcher.abandon(request, job)
@@ -165,19 +183,34 @@ class Dispatcher(ListeningService):
                 raise
             self.log.warning("dispatcher.launches_not_recorded", error=redact_text(str(exc)))
             return [await self._release(conn, run, "the launch could not be recorded")
-                    for run, _, _ in started]
+                    for run, _, _ in started], []
         outcomes = []
         for (run, request, job), ok in zip(started, recorded):
             if ok:
                 await self.launcher.release(request, job)
-                metrics.LAUNCHES.labels(launcher=self.launcher.name).inc()
                 outcomes.append("launched")
             else:
                 await self.launcher.abandon(request, job)
                 outcomes.append("released")
-        return outcomes
+        metrics.LAUNCHES.labels(launcher=self.launcher.name).inc(outcomes.count("launched"))
+        return outcomes, claimed
 
-    async def _fail(self, conn, run, exc: SkutrainError, log) -> str:
+    async def _release_ahead(self) -> None:
+        """Runs claimed ahead when the loop stopped go back to the queue (else their leases
+        expire and the reconciler requeues them)."""
+        runs, self._ahead = self._ahead, []
+        if not runs or self._pool is None:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                for run in runs:
+                    await self._release(conn, run, "dispatcher stopped")
+        except TRANSIENT as exc:
+            self.log.warning("dispatcher.release_failed", runs=len(runs),
+                             error=redact_text(str(exc)))
+
+    async def _fail(self, conn, run, exc: SkutrainError) -> str:
+        log = self.log.bind(run_id=run.id, attempt=run.attempt)
         log.warning("run.failed", error_code=exc.code, error=exc.message)
         metrics.LAUNCH_FAILURES.labels(launcher=self.launcher.name, error_code=exc.code).inc()
         try:

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.slow
 async def _insert(conn, name, epochs):
     config = json.loads(json.dumps(TINY_RUN))
     config["training"]["epochs"] = epochs
+    # 64 px: four times the work of a batch at 32 px, so an epoch outlasts the event writer's lag
+    # on a loaded machine and a signal sent "mid-epoch 2" lands before the run ends
+    config["training"]["image_size"] = 64
     config["training"]["early_stopping"] = {"enabled": False}
     return await conn.fetchval("INSERT INTO training_runs (name, config) VALUES ($1, "
                                "$2::text::jsonb) RETURNING id", name, json.dumps(config))
@@ -60,7 +63,7 @@ async def test_killed_and_hung_trainers_resume_from_their_last_checkpoint(
     H's is SIGSTOPped there (alive, silent: its lease expires and the reconciler kills it). Both
     resume from epoch 1's checkpoint and complete; two reconcilers run at once throughout."""
     # five epochs, so a trainer whose events reach the database an epoch or two late (a loaded
-    # machine) is still mid-run when the signal lands
+    # machine) is still mid-run when the signal lands (and see the image size in _insert)
     epochs = 5
     services = Services(db_url, data_dir)
     try:

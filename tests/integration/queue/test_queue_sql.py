@@ -60,6 +60,30 @@ async def test_stale_lease_epoch_changes_nothing(conn):
     assert not await repository.mark_launched(conn, run_id, again.lease_epoch, "noop", "y")
 
 
+async def test_launch_batch_records_each_run_on_its_own_fence_in_input_order(conn):
+    ids = [await repository.insert_run(conn, f"r{i}", {}) for i in range(5)]
+    runs = {r.id: r for r in await repository.claim_runs(conn, "o", 5, 30)}
+    assert await repository.mark_launched(conn, ids[1], runs[ids[1]].lease_epoch, "noop", "old")
+    await repository.finish_run(conn, ids[3], runs[ids[3]].lease_epoch, "cancelled")
+    batch = [(ids[4], runs[ids[4]].lease_epoch, "job-4", {"pid": 4}),
+             (ids[1], runs[ids[1]].lease_epoch, "job-1", {}),       # launched already
+             (ids[0], runs[ids[0]].lease_epoch + 1, "job-0", {}),   # stale fencing token
+             (ids[3], runs[ids[3]].lease_epoch, "job-3", {}),       # no longer in flight
+             (999_999, 1, "job-x", {}),                             # no such run
+             (ids[2], runs[ids[2]].lease_epoch, "job-2", {})]
+    assert await repository.mark_launched_batch(conn, "noop", batch) == [
+        True, False, False, False, False, True]
+    launches = await conn.fetch("SELECT run_id, external_job_id, identity FROM run_launches "
+                                "ORDER BY run_id")
+    assert [(r["run_id"], r["external_job_id"], r["identity"]) for r in launches] == [
+        (ids[1], "old", {}), (ids[2], "job-2", {}), (ids[4], "job-4", {"pid": 4})]
+    for run_id, job in ((ids[2], "job-2"), (ids[4], "job-4")):
+        assert (await _events(conn, run_id))[-1] == (1, 2, "run.launched")
+        assert (await repository.get_run(conn, run_id))["external_job_id"] == job
+    assert [t for _, _, t in await _events(conn, ids[0])] == ["run.queued", "run.claimed"]
+    assert await repository.mark_launched_batch(conn, "noop", []) == []
+
+
 async def test_trainer_events_are_idempotent_and_gap_free(conn):
     run_id = await repository.insert_run(conn, "a", {})
     (run,) = await repository.claim_runs(conn, "o", 1, 30)
