@@ -138,3 +138,21 @@ async def test_one_best_per_run_and_restrict_delete(conn):
     with pytest.raises(asyncpg.RestrictViolationError):
         await conn.execute("DELETE FROM training_runs WHERE id = $1", run_id)
     assert (await repository.get_run(conn, run_id))["best_checkpoint_id"] == best_id
+
+
+async def test_every_claim_draws_its_own_lease_token(conn):
+    """claim_runs and the claim inside mark_launched_and_claim both hand out the token the
+    database holds for that claim, one per run and claim."""
+    ids = [await repository.insert_run(conn, f"r{i}", {}) for i in range(4)]
+    first = await repository.claim_runs(conn, "d", 2, 30)
+    recorded, ahead = await repository.mark_launched_and_claim(
+        conn, "noop", [(r.id, r.lease_epoch, f"job-{r.id}", {}) for r in first], "d", 2, 30)
+    assert recorded == [True, True] and len(ahead) == 2
+    stored = dict(await conn.fetch("SELECT id, lease_token::text FROM training_runs"))
+    tokens = [r.lease_token for r in first + ahead]
+    assert tokens == [stored[r.id] for r in first + ahead] and len(set(tokens)) == 4
+    assert all(len(t) == 36 for t in tokens) and sorted(r.id for r in first + ahead) == ids
+    # a run claimed again gets a new token
+    assert await repository.release_run(conn, ahead[0].id, ahead[0].lease_epoch, "test")
+    [again] = await repository.claim_runs(conn, "d", 1, 30)
+    assert again.id == ahead[0].id and again.lease_token not in tokens
