@@ -2,8 +2,7 @@
 -- Applied by alembic/versions/0006_lease_tokens.py.
 --
 -- Revision 0005 fenced the trainer role on lease_epoch, a per-run counter anyone can guess, and
--- let it read every run in flight. Now each claim draws a random `lease_token` (122 random
--- bits); the launcher hands it to the job outside its command line (the local gate's stdin, the
+-- let it read every run in flight. Now each claim gives the run an unguessable `lease_token`; the launcher hands it to the job outside its command line (the local gate's stdin, the
 -- RunPod job input), and the role can do nothing with a run without it: every trainer_*
 -- function resolves (run, token) to the current lease and calls the lease_epoch-fenced function
 -- the services use, so the fence itself is unchanged. The role loses its direct reads and writes
@@ -13,9 +12,16 @@
 
 ALTER TABLE training_runs ADD COLUMN lease_token uuid;
 
+-- A claim statement draws one random key (gen_random_uuid: 122 bits, never stored) and derives
+-- each claimed run's token from it: SHA-256 of key, run, epoch and key again, cut to 128 bits.
+-- Without the key no token can be guessed, and a token says nothing of the key or of the other
+-- runs' tokens. One strong random draw per statement rather than per run: a draw reads the
+-- system's random source (2.5 us here), and per run that cost a tenth of a claim.
 CREATE OR REPLACE FUNCTION claim_runs(p_owner text, p_limit int, p_lease_seconds double precision)
 RETURNS SETOF training_runs LANGUAGE sql AS $$
-  WITH candidates AS (
+  WITH token_key AS MATERIALIZED (
+    SELECT gen_random_uuid()::text AS k
+  ), candidates AS (
     SELECT id FROM training_runs
      WHERE status = 'queued'
      ORDER BY priority DESC, created_at, id
@@ -26,7 +32,9 @@ RETURNS SETOF training_runs LANGUAGE sql AS $$
        SET status = 'claimed',
            attempt = r.attempt + 1,
            lease_epoch = r.lease_epoch + 1,
-           lease_token = gen_random_uuid(),
+           lease_token = encode(substr(sha256(convert_to(
+             t.k || ':' || r.id || ':' || (r.lease_epoch + 1) || ':' || t.k, 'UTF8')), 1, 16),
+             'hex')::uuid,
            lease_owner = p_owner,
            lease_expires_at = now() + make_interval(secs => p_lease_seconds),
            claimed_at = now(),
@@ -35,7 +43,7 @@ RETURNS SETOF training_runs LANGUAGE sql AS $$
            external_job_id = NULL,
            event_seq = 1,
            trainer_seq = 0
-      FROM candidates c
+      FROM candidates c, token_key t
      WHERE r.id = c.id
     RETURNING r.*
   ), events AS (
