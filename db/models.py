@@ -300,9 +300,8 @@ class RunLaunch(Base):
 
     __tablename__ = "run_launches"
 
-    run_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    # no foreign key since revision 0008: the run's delete trigger removes its launches
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     lease_epoch: Mapped[int] = mapped_column(BigInteger, nullable=False)
     launcher: Mapped[str] = mapped_column(Text, nullable=False)

@@ -1,4 +1,25 @@
--- Undo schema revision 0008: revision 0002's mark_launched_batch and 0004's CHECK constraint.
+-- Undo schema revision 0008: revision 0002's mark_launched_batch, run_launches' foreign key and
+-- delete trigger, and 0004's CHECK constraint.
+DELETE FROM run_launches l WHERE NOT EXISTS (SELECT FROM training_runs r WHERE r.id = l.run_id);
+ALTER TABLE run_launches ADD CONSTRAINT run_launches_run_id_fkey
+  FOREIGN KEY (run_id) REFERENCES training_runs (id) ON DELETE CASCADE;
+CREATE OR REPLACE FUNCTION training_runs_before_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  v_launch run_launches%ROWTYPE;
+BEGIN
+  SELECT * INTO v_launch FROM run_launches
+   WHERE run_id = OLD.id ORDER BY attempt DESC LIMIT 1;
+  INSERT INTO deleted_runs (run_id, run_uuid, name, launcher, external_job_id, identity)
+  VALUES (OLD.id, OLD.run_uuid, OLD.name, v_launch.launcher, v_launch.external_job_id,
+          CASE WHEN v_launch.ended_at IS NULL THEN v_launch.identity END)
+  ON CONFLICT (run_id) DO NOTHING;
+  INSERT INTO training_events (run_id, attempt, seq, type, payload)
+  VALUES (OLD.id, OLD.attempt, OLD.event_seq + 1, 'run.deleted',
+          jsonb_build_object('name', OLD.name, 'status', OLD.status,
+                             'requested', OLD.delete_requested_at IS NOT NULL));
+  PERFORM pg_notify('skutrain_reconcile', 'deleted');
+  RETURN OLD;
+END $$;
 DROP FUNCTION mark_launched_and_claim(bigint[], bigint[], text, text[], jsonb[], text, int,
                                       double precision);
 

@@ -78,3 +78,28 @@ BEGIN
                                           p_external_job_ids, p_identities), NULL::training_runs;
   RETURN QUERY SELECT NULL::boolean[], c FROM claim_runs(p_owner, p_limit, p_lease_seconds) AS c;
 END $$;
+
+-- A launch record names its run without a foreign key: the key's check on every launch (a lookup
+-- of the run row the same statement just updated) was an eighth of a launch commit. Launches are
+-- only ever inserted for the run rows that statement updated, and a run's delete trigger removes
+-- its launches (after copying the latest into the tombstone), as ON DELETE CASCADE did.
+ALTER TABLE run_launches DROP CONSTRAINT run_launches_run_id_fkey;
+
+CREATE OR REPLACE FUNCTION training_runs_before_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  v_launch run_launches%ROWTYPE;
+BEGIN
+  SELECT * INTO v_launch FROM run_launches
+   WHERE run_id = OLD.id ORDER BY attempt DESC LIMIT 1;
+  INSERT INTO deleted_runs (run_id, run_uuid, name, launcher, external_job_id, identity)
+  VALUES (OLD.id, OLD.run_uuid, OLD.name, v_launch.launcher, v_launch.external_job_id,
+          CASE WHEN v_launch.ended_at IS NULL THEN v_launch.identity END)
+  ON CONFLICT (run_id) DO NOTHING;
+  DELETE FROM run_launches WHERE run_id = OLD.id;
+  INSERT INTO training_events (run_id, attempt, seq, type, payload)
+  VALUES (OLD.id, OLD.attempt, OLD.event_seq + 1, 'run.deleted',
+          jsonb_build_object('name', OLD.name, 'status', OLD.status,
+                             'requested', OLD.delete_requested_at IS NOT NULL));
+  PERFORM pg_notify('skutrain_reconcile', 'deleted');
+  RETURN OLD;
+END $$;

@@ -83,3 +83,17 @@ async def test_delete_guard_names_linked_models_and_force_deregisters(conn, stor
                                "NULL") == 0
     with pytest.raises(NotFound):
         await repository.request_delete(conn, 999)
+
+
+async def test_a_deleted_runs_launches_go_with_it_into_its_tombstone(conn):
+    """run_launches has no foreign key (revision 0008): the delete trigger keeps the latest
+    live launch's identity in the tombstone and removes the run's launches."""
+    identity = {"host": "h", "pid": 4242, "create_time": 1.5}
+    run = await start_running(conn, identity=identity)
+    other = await start_running(conn, name="other")
+    await conn.execute("DELETE FROM training_runs WHERE id = $1", run.id)
+    assert await conn.fetchval("SELECT count(*) FROM run_launches WHERE run_id = $1", run.id) == 0
+    assert await conn.fetchval("SELECT count(*) FROM run_launches WHERE run_id = $1", other.id) == 1
+    tomb = await conn.fetchrow("SELECT launcher, identity FROM deleted_runs WHERE run_id = $1",
+                               run.id)
+    assert (tomb["launcher"], tomb["identity"]) == ("local", identity)
