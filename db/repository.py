@@ -19,8 +19,14 @@ from services.common.logging import safe_message
 LEASE_LOST_SQLSTATE = "SK001"
 
 
-def _lease_lost(exc: asyncpg.PostgresError) -> bool:
-    return getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE
+async def _fetch_fenced(conn, query: str, *args):
+    """fetchval of a lease holder's write; LeaseLost when the fence refused it (SK001)."""
+    try:
+        return await conn.fetchval(QUERIES[query], *args)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE:
+            raise LeaseLost(str(exc)) from exc
+        raise
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -55,7 +61,7 @@ class ClaimedRun:
     attempt: int
     lease_epoch: int
     priority: int
-    lease_token: str = field(repr=False, default="")
+    lease_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,8 @@ async def finish_run(conn, run_id: int, lease_epoch: int, status: str, *,
 async def append_trainer_events(conn, run_id: int, lease_epoch: int, first_seq: int,
                                 events: Sequence[tuple[str, dict]]) -> int:
     """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
-    try:
-        return await conn.fetchval(
-            QUERIES["append_trainer_events"], run_id, lease_epoch, first_seq,
-            [t for t, _ in events], [p for _, p in events],
-        )
-    except asyncpg.PostgresError as exc:
-        if _lease_lost(exc):
-            raise LeaseLost(str(exc)) from exc
-        raise
+    return await _fetch_fenced(conn, "append_trainer_events", run_id, lease_epoch, first_seq,
+                               [t for t, _ in events], [p for _, p in events])
 
 
 async def request_cancel(conn, run_id: int) -> str:
@@ -251,7 +250,6 @@ async def latest_epochs(conn, run_ids: Sequence[int]) -> dict[int, dict]:
     return {r["run_id"]: r["payload"] for r in rows}
 
 
-# -- Trainer ----------------------------------------------------------------------------------
 # -- Lifecycle: launches, leases, cancel, resume, deletes, best, retention --------------------
 REFUSED_SQLSTATE = "SK010"
 
@@ -475,13 +473,8 @@ async def trainer_heartbeat(conn, lease: Lease, lease_seconds: float, *,
 async def trainer_append_events(conn, lease: Lease, first_seq: int,
                                 events: Sequence[tuple[str, dict]]) -> int:
     """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
-    try:
-        return await conn.fetchval(QUERIES["trainer_append_events"], lease.run_id, lease.token,
-                                   first_seq, [t for t, _ in events], [p for _, p in events])
-    except asyncpg.PostgresError as exc:
-        if _lease_lost(exc):
-            raise LeaseLost(str(exc)) from exc
-        raise
+    return await _fetch_fenced(conn, "trainer_append_events", lease.run_id, lease.token,
+                               first_seq, [t for t, _ in events], [p for _, p in events])
 
 
 async def trainer_finish_run(conn, lease: Lease, status: str, *, error_code: str | None = None,
@@ -513,10 +506,5 @@ async def trainer_store_run_images(conn, lease: Lease, rows: Sequence[dict]) -> 
     in order; LeaseLost when the token no longer holds the run in flight."""
     columns = ("split", "product_id", "url", "domain", "frame_index", "label", "category",
                "brand", "source_key")
-    try:
-        return await conn.fetchval(QUERIES["trainer_store_run_images"], lease.run_id, lease.token,
-                                   *([r.get(c) for r in rows] for c in columns))
-    except asyncpg.PostgresError as exc:
-        if _lease_lost(exc):
-            raise LeaseLost(str(exc)) from exc
-        raise
+    return await _fetch_fenced(conn, "trainer_store_run_images", lease.run_id, lease.token,
+                               *([r.get(c) for r in rows] for c in columns))

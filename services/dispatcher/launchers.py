@@ -189,8 +189,9 @@ class LocalLauncher:
     def _identity(self, request: LaunchRequest, pid: int) -> dict[str, Any]:
         return {**process_identity(pid), "log_path": str(self._log_path(request))}
 
-    async def _close_gate(self, request: LaunchRequest, message: bytes) -> None:
-        process = self._held.pop((request.run_id, request.attempt), None)
+    async def _close_gate(self, key: tuple[int, int], message: bytes) -> None:
+        """Write `message` to the held job of (run, attempt) `key` and close its stdin."""
+        process = self._held.pop(key, None)
         if process is None or process.stdin is None:
             return
         try:
@@ -205,10 +206,11 @@ class LocalLauncher:
             pass
 
     async def release(self, request: LaunchRequest, job: LaunchedJob) -> None:
-        await self._close_gate(request, GATE_OPEN + request.lease_token.encode() + b"\n")
+        await self._close_gate((request.run_id, request.attempt),
+                               GATE_OPEN + request.lease_token.encode() + b"\n")
 
     async def abandon(self, request: LaunchRequest, job: LaunchedJob) -> None:
-        await self._close_gate(request, b"")
+        await self._close_gate((request.run_id, request.attempt), b"")
 
     def state(self, record: LaunchRecord) -> JobState:
         if not record.identity:
@@ -240,7 +242,7 @@ class LocalLauncher:
         """Trainers outlive the dispatcher on purpose (they hold their own leases); a job still
         held at its gate sees the gate close and exits."""
         for key in list(self._held):
-            await self._close_gate(LaunchRequest(key[0], key[1], 0, ""), b"")
+            await self._close_gate(key, b"")
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

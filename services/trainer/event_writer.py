@@ -58,7 +58,6 @@ class EventWriter:
                  config: EventWriterConfig | None = None):
         self.database_url = database_url
         self.lease = lease
-        self.run_id = lease.run_id
         self.config = config or EventWriterConfig()
         self.log = get_logger("event_writer", run_id=lease.run_id)
         self._pending: deque[tuple[int, str, dict]] = deque()
@@ -77,6 +76,10 @@ class EventWriter:
         self._db_lock: asyncio.Lock | None = None
         self._conn: asyncpg.Connection | None = None
         self.connects = 0
+
+    @property
+    def run_id(self) -> int:
+        return self.lease.run_id
 
     # -- called from the training thread ---------------------------------------------------
     def start(self) -> None:

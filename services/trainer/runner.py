@@ -67,11 +67,15 @@ class Attempt:
     claim's lease token."""
 
     def __init__(self, env: TrainerEnvironment, lease: repository.Lease, attempt: int):
-        self.lease, self.run_id, self.attempt = lease, lease.run_id, attempt
+        self.lease, self.attempt = lease, attempt
         self.storage = env.storage
         self.run_uuid: str | None = None  # known once `load_run` read the row
         self.writer = EventWriter(env.database_url, lease, env.writer)
         self.log = get_logger("trainer", run_id=lease.run_id, attempt=attempt)
+
+    @property
+    def run_id(self) -> int:
+        return self.lease.run_id
 
     @property
     def prefix(self) -> str:
