@@ -24,17 +24,25 @@ async def _insert(conn, name, epochs):
                                "$2::text::jsonb) RETURNING id", name, json.dumps(config))
 
 
-async def _mid_epoch_two(conn, run_id):
-    """The trainer's pid once epoch 1's checkpoint is stored and epoch 2 is under way."""
-    async def ready():
-        row = await conn.fetchrow(
-            "SELECT l.identity FROM run_launches l WHERE l.run_id = $1 AND l.attempt = 1 "
-            "AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = $1 AND c.epoch = 1) "
-            "AND EXISTS (SELECT 1 FROM training_events e WHERE e.run_id = $1 "
-            "            AND e.type = 'batch.progress' AND (e.payload->>'epoch')::int = 2)",
-            run_id)
-        return row and trainer_pid(row["identity"])
-    return await wait_until(ready, 180, "epoch 2 of attempt 1 to run", interval=0.05)
+async def _signal_mid_epoch_two(conn, signals: dict[int, signal.Signals]) -> None:
+    """Send each run's trainer its signal as soon as epoch 1's checkpoint is stored and epoch 2
+    is under way; the runs are watched together, so one run's wait never lets another run on."""
+    pending = dict(signals)
+
+    async def all_sent():
+        for run_id, sig in list(pending.items()):
+            row = await conn.fetchrow(
+                "SELECT l.identity FROM run_launches l WHERE l.run_id = $1 AND l.attempt = 1 "
+                "AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = $1 AND c.epoch = 1) "
+                "AND EXISTS (SELECT 1 FROM training_events e WHERE e.run_id = $1 "
+                "            AND e.type = 'batch.progress' AND (e.payload->>'epoch')::int = 2)",
+                run_id)
+            pid = row and trainer_pid(row["identity"])
+            if pid:
+                os.killpg(pid, sig)
+                del pending[run_id]
+        return not pending
+    await wait_until(all_sent, 180, "epoch 2 of attempt 1 to run", interval=0.05)
 
 
 def _assert_resumed_and_completed(evts, row, epochs) -> int:
@@ -72,8 +80,7 @@ async def test_killed_and_hung_trainers_resume_from_their_last_checkpoint(
         services.reconciler("reconciler-b")
         killed = await _insert(conn, "kill-9-trainer", epochs)
         hung = await _insert(conn, "sigstop-trainer", epochs)
-        os.killpg(await _mid_epoch_two(conn, killed), signal.SIGKILL)
-        os.killpg(await _mid_epoch_two(conn, hung), signal.SIGSTOP)
+        await _signal_mid_epoch_two(conn, {killed: signal.SIGKILL, hung: signal.SIGSTOP})
         rows = await all_final(conn, [killed, hung], timeout=300)
     finally:
         await services.stop_all(conn)
