@@ -17,6 +17,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     SmallInteger,
     Text,
     UniqueConstraint,
@@ -231,13 +232,14 @@ class TrainingEvent(Base):
 
     __tablename__ = "training_events"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # the cursor's tie-breaker within a transaction; not indexed alone (revision 0009)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
     txid: Mapped[int] = mapped_column(
         XID8(), nullable=False, server_default=text("pg_current_xact_id()")
     )
-    run_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
-    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(Text, nullable=False)
     version: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="1")
     payload: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
@@ -246,7 +248,7 @@ class TrainingEvent(Base):
     )
 
     __table_args__ = (
-        UniqueConstraint("run_id", "attempt", "seq", name="uq_training_events_run_attempt_seq"),
+        PrimaryKeyConstraint("run_id", "attempt", "seq", name="pk_training_events"),
         Index("ix_training_events_cursor", "txid", "id"),
     )
 
