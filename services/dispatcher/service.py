@@ -12,13 +12,16 @@ that does not decode, a failing preflight, a database error) fails or releases t
 never the rest of its batch. A job is started held at its launch gate, its launch recorded
 (`run.launched`), then let go, so the trainer's first event always follows `run.launched`.
 
-While runs are queued, the commit that records a batch's launches also claims the next batch
-(one round trip and one commit per batch): those runs are held exactly like claimed ones, on a
-lease, and are started by the next tick, or released if the dispatcher stops first. Slots are
-counted once per such chain and only go down within it, so a chain never over-claims.
+While runs are queued, a tick works through them a batch at a time, pipelined: the commit that
+records batch k's launches also claims batch k+2 (one round trip and one commit per batch), and
+while it runs on one connection, batch k+1 is prepared and started (its preflight on a second
+one), so the dispatcher's own work overlaps the database's. Runs claimed ahead are held exactly
+like claimed ones, on a lease, and are released if the dispatcher stops first. Slots are counted
+once per tick and only go down within it, so a tick never over-claims.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -65,7 +68,7 @@ class DispatcherConfig:
 
 @dataclass
 class TickResult:
-    claimed: int = 0  # by this tick's statements, runs claimed ahead for the next tick included
+    claimed: int = 0  # by this tick's statements
     launched: int = 0
     failed: int = 0
     released: int = 0
@@ -83,8 +86,7 @@ class Dispatcher(ListeningService):
         self.preflight = Preflight()
         self.totals = TickResult()
         self._metrics_at = float("-inf")
-        self._ahead: list[repository.ClaimedRun] = []  # claimed with the last launches
-        self._ahead_slots = 0  # launcher slots left for them and the claims after them
+        self._ahead: list[repository.ClaimedRun] = []  # claimed, not started yet
 
     def _more_work(self, result: TickResult) -> bool:
         return bool(result.claimed)  # there may be more: claim again before sleeping
@@ -99,45 +101,70 @@ class Dispatcher(ListeningService):
     async def run_once(self) -> TickResult:
         result = TickResult()
         assert self._pool is not None, "start() first"
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, self._pool.acquire() as side:
             await self._refresh_metrics(conn)
-            runs, slots = self._ahead, self._ahead_slots
-            self._ahead = []
-            if not runs:
-                slots = self.launcher.max_concurrent
-                if self.launcher.watches_jobs:
-                    result.reaped = await settle_gone_jobs(conn, self.launcher,
-                                                           self.config.max_attempts, self.log)
-                    slots -= await repository.count_live_launches(conn, self.launcher.name)
-                if self._stopping.is_set() or slots <= 0:
-                    return result
-                with metrics.CLAIM_SECONDS.time():
-                    runs = await repository.claim_runs(
-                        conn, self.config.owner, min(slots, self.config.batch_size),
-                        self.config.lease_seconds,
-                    )
-                result.claimed = len(runs)
-            self._crash_point("after_claim", runs)
-            started = []
-            for run in runs:
-                outcome = await self._start_one(conn, run)
-                if isinstance(outcome, str):
-                    setattr(result, outcome, getattr(result, outcome) + 1)
-                else:
-                    started.append(outcome)
-            self._crash_point("after_start", started)
-            slots -= len(runs)
-            ahead = 0 if self._stopping.is_set() else min(slots, self.config.batch_size)
-            outcomes, self._ahead = await self._record(conn, started, ahead)
-            self._ahead_slots = slots
-            result.claimed += len(self._ahead)
-            for outcome in outcomes:
-                setattr(result, outcome, getattr(result, outcome) + 1)
+            slots = self.launcher.max_concurrent
+            if self.launcher.watches_jobs:
+                result.reaped = await settle_gone_jobs(conn, self.launcher,
+                                                       self.config.max_attempts, self.log)
+                slots -= await repository.count_live_launches(conn, self.launcher.name)
+            if not self._stopping.is_set() and slots > 0:
+                await self._launch_queued(conn, side, slots, result)
         for name, value in vars(result).items():
             setattr(self.totals, name, getattr(self.totals, name) + value)
         if result.claimed or result.reaped:
             self.log.info("dispatcher.tick", **vars(result))
         return result
+
+    async def _launch_queued(self, conn, side, slots: int, result: TickResult) -> None:
+        """Claim two batches, then per batch: start it (preflight on `side`) while the previous
+        batch's launch commit, which claims the batch after next, runs on `conn`."""
+        batch = self.config.batch_size
+        with metrics.CLAIM_SECONDS.time():
+            self._ahead = await repository.claim_runs(
+                conn, self.config.owner, min(slots, 2 * batch), self.config.lease_seconds)
+        result.claimed = len(self._ahead)
+        slots -= len(self._ahead)
+        self._crash_point("after_claim", self._ahead)
+        recording = None  # the previous batch's launch commit, in flight on `conn`
+        try:
+            while self._ahead or recording is not None:
+                runs, self._ahead = self._ahead[:batch], self._ahead[batch:]
+                started = await self._start_batch(side, runs, result)
+                if recording is not None:
+                    claimed = await self._recorded(recording, result)
+                    recording = None
+                    self._ahead += claimed
+                    result.claimed += len(claimed)
+                    slots -= len(claimed)
+                if started:
+                    self._crash_point("after_start", started)
+                    ahead = 0 if self._stopping.is_set() else min(slots, batch)
+                    recording = asyncio.ensure_future(self._record(conn, started, ahead))
+                    await asyncio.sleep(0)  # it sends its statement before the next batch starts
+        finally:
+            if recording is not None:  # cancelled: _record abandons its jobs
+                recording.cancel()
+                await asyncio.gather(recording, return_exceptions=True)
+
+    async def _start_batch(self, conn, runs, result: TickResult) -> list:
+        """Start each run's job held at its gate; what happened instead is counted in result."""
+        started = []
+        for run in runs:
+            outcome = await self._start_one(conn, run)
+            if isinstance(outcome, str):
+                setattr(result, outcome, getattr(result, outcome) + 1)
+            else:
+                started.append(outcome)
+        return started
+
+    @staticmethod
+    async def _recorded(recording: asyncio.Future, result: TickResult) -> list:
+        """Wait for a launch commit; counts its outcomes, returns the runs it claimed ahead."""
+        outcomes, claimed = await recording
+        for outcome in outcomes:
+            setattr(result, outcome, getattr(result, outcome) + 1)
+        return claimed
 
     def _crash_point(self, point: str, runs) -> None:
         if runs and self.config.crash_at == point:

@@ -137,18 +137,29 @@ async def _types(conn, run_id):
     return [e["type"] for e in await repository.run_events(conn, run_id)]
 
 
-async def test_each_launch_commit_claims_the_next_batch_ahead(db_url, catalog_conn):
+async def test_a_tick_launches_batch_by_batch_each_commit_claiming_the_batch_after_next(
+        db_url, catalog_conn):
     conn = catalog_conn
     ids = [await repository.insert_run(conn, f"r{i}", {}) for i in range(5)]
     d = await _dispatcher(db_url, NoopLauncher(), batch_size=2)
     try:
-        ticks = [vars(await d.run_once()) for _ in range(4)]
+        ticks = [vars(await d.run_once()) for _ in range(2)]
     finally:
         await d._pool.close()
-    # tick 1 claims 2 and, recording their launches, the next 2; tick 3's claim ahead finds 0
-    assert [(t["claimed"], t["launched"]) for t in ticks] == [(4, 2), (1, 2), (0, 1), (0, 0)]
+    assert [(t["claimed"], t["launched"]) for t in ticks] == [(5, 5), (0, 0)]
+    txid = {}
     for run_id in ids:
-        assert await _types(conn, run_id) == ["run.queued", "run.claimed", "run.launched"]
+        events = await repository.run_events(conn, run_id)
+        assert [e["type"] for e in events] == ["run.queued", "run.claimed", "run.launched"]
+        txid[run_id] = dict(await conn.fetch(
+            "SELECT type, txid::text FROM training_events WHERE run_id = $1", run_id))
+    r1, r2, r3, r4, r5 = ids
+    # the first claim takes two batches; each launch commit records one batch and claims the
+    # batch after next: 1-2 launched with 5's claim, then 3-4, then 5, three commits
+    assert len({txid[r]["run.claimed"] for r in (r1, r2, r3, r4)}) == 1
+    assert txid[r5]["run.claimed"] == txid[r1]["run.launched"] == txid[r2]["run.launched"]
+    assert txid[r3]["run.launched"] == txid[r4]["run.launched"]
+    assert len({txid[r]["run.launched"] for r in (r1, r3, r5)}) == 3
 
 
 async def test_claims_ahead_stay_within_the_launchers_free_slots(db_url, catalog_conn):
@@ -159,24 +170,63 @@ async def test_claims_ahead_stay_within_the_launchers_free_slots(db_url, catalog
     launcher.max_concurrent, launcher.watches_jobs = 3, True
     d = await _dispatcher(db_url, launcher, batch_size=2)
     try:
-        ticks = [vars(await d.run_once()) for _ in range(3)]
+        ticks = [vars(await d.run_once()) for _ in range(2)]
     finally:
         await d._pool.close()
-    assert [(t["claimed"], t["launched"]) for t in ticks] == [(3, 2), (0, 1), (0, 0)]
+    assert [(t["claimed"], t["launched"]) for t in ticks] == [(3, 3), (0, 0)]
     assert await conn.fetchval("SELECT count(*) FROM training_runs WHERE status = 'queued'") == 3
 
 
-async def test_stop_puts_runs_claimed_ahead_back_in_the_queue(db_url, catalog_conn):
+class StoppingLauncher(NoopLauncher):
+    """Stops its dispatcher while it launches the first run, as SIGTERM in mid-tick would."""
+
+    dispatcher: Dispatcher
+
+    async def launch(self, request):
+        self.dispatcher.stop()
+        return await super().launch(request)
+
+
+async def test_stop_in_mid_tick_puts_the_runs_not_started_back_in_the_queue(db_url,
+                                                                            catalog_conn):
     conn = catalog_conn
     ids = [await repository.insert_run(conn, f"r{i}", {}) for i in range(4)]
-    d = await _dispatcher(db_url, NoopLauncher(), batch_size=2)
-    assert vars(await d.run_once())["claimed"] == 4
-    d.stop()
+    launcher = StoppingLauncher()
+    d = await _dispatcher(db_url, launcher, batch_size=2)
+    launcher.dispatcher = d
+    result = vars(await d.run_once())
     await d._close()
-    for run_id in ids[:2]:
-        assert await _types(conn, run_id) == ["run.queued", "run.claimed", "run.launched"]
-    for run_id in ids[2:]:
+    # both batches were claimed at once; the job started when the stop came is launched
+    assert (result["claimed"], result["launched"], result["released"]) == (4, 1, 3)
+    assert await _types(conn, ids[0]) == ["run.queued", "run.claimed", "run.launched"]
+    for run_id in ids[1:]:
         assert (await repository.get_run(conn, run_id))["status"] == "queued"
         events = await repository.run_events(conn, run_id)
         assert [e["type"] for e in events] == ["run.queued", "run.claimed", "run.requeued"]
         assert events[-1]["payload"]["reason"] == "dispatcher stopped"
+
+
+class CancelledLauncher(NoopLauncher):
+    """Its first launch is cancelled, as the dispatcher's task would be in a hard shutdown."""
+
+    async def launch(self, request):
+        raise asyncio.CancelledError
+
+
+async def test_a_cancelled_tick_releases_the_runs_claimed_ahead_on_close(db_url, catalog_conn):
+    conn = catalog_conn
+    ids = [await repository.insert_run(conn, f"r{i}", {}) for i in range(4)]
+    d = await _dispatcher(db_url, CancelledLauncher(), batch_size=2)
+    try:
+        await d.run_once()
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the launch's cancellation did not reach run_once")
+    await d._close()
+    # the batch being started stays claimed until its lease expires (the reconciler requeues
+    # it); the batch claimed ahead goes back to the queue at once
+    assert [(await repository.get_run(conn, i))["status"] for i in ids] == [
+        "claimed", "claimed", "queued", "queued"]
+    assert (await repository.run_events(conn, ids[2]))[-1]["payload"]["reason"] == (
+        "dispatcher stopped")
