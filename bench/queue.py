@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Queue benchmark: skutrain's dispatcher against pgqueuer 1.6.0 on one Postgres server.
 
-Run: `.venv/bin/python bench/queue.py` (about 2.5-3.5 minutes on a 2-core machine; `--help`
+Run: `.venv/bin/python bench/queue.py` (about a minute on a 2-core machine; `--help`
 for the knobs; `--tiny` is the CI smoke run: a few seconds, no meaningful figures). The machine's CPU load before the start is printed with the results: figures
 taken while other work runs are noisy, which is why throughput is the median of `--repeat` trials.
 
@@ -873,7 +873,7 @@ async def bench(args, work: Path) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3000, help="runs per throughput trial")
-    p.add_argument("--repeat", type=int, default=2, help="trials per throughput measurement")
+    p.add_argument("--repeat", type=int, default=3, help="trials per throughput measurement")
     p.add_argument("--latency-samples", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--configs", default="1x10,4x10,1x100,4x100",
