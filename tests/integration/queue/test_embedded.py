@@ -12,8 +12,10 @@ def _cli(data_dir, *args, user=None):
     command = [sys.executable, "-m", "services.cli", *args]
     if user is not None:
         command = ["runuser", "-u", user, "--", *command]
-    return subprocess.run(command, check=True, capture_output=True, text=True, env=env,
+    done = subprocess.run(command, capture_output=True, text=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    assert done.returncode == 0, (args, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    return done
 
 
 def test_embedded_server_is_reused_and_stopped(tmp_path):
