@@ -102,28 +102,47 @@ async def start_run(conn, run_id: int, lease_epoch: int, lease_seconds: float,
                                payload)
 
 
+# The lease holder's writes come in two keyings with the same parameters after the key: the
+# services' (run id, lease_epoch) and the trainer's (run id, lease token, revision 0006). Each
+# pair shares one body below, so both ends apply the same rules.
+async def _heartbeat(conn, query: str, run_id: int, key, lease_seconds: float,
+                     step: int | None) -> Heartbeat:
+    row = await conn.fetchrow(QUERIES[query], run_id, key, float(lease_seconds), step)
+    return Heartbeat(row["owned"], row["cancel_requested"])
+
+
+async def _finish(conn, query: str, run_id: int, key, status: str, error_code: str | None,
+                  error_message: str | None, payload: dict | None) -> bool:
+    if error_message is not None:  # stored messages are redacted and capped (a few KB)
+        error_message = safe_message(error_message)
+    return await conn.fetchval(QUERIES[query], run_id, key, status, error_code, error_message,
+                               payload or {})
+
+
+async def _append_events(conn, query: str, run_id: int, key, first_seq: int,
+                         events: Sequence[tuple[str, dict]]) -> int:
+    return await _fetch_fenced(conn, query, run_id, key, first_seq, [t for t, _ in events],
+                               [p for _, p in events])
+
+
 async def heartbeat_run(conn, run_id: int, lease_epoch: int, lease_seconds: float, *,
                         step: int | None = None) -> Heartbeat:
     """Extend the lease; `step` (the trainer's step counter) moves progress_at when it advances."""
-    row = await conn.fetchrow(QUERIES["heartbeat_run"], run_id, lease_epoch, float(lease_seconds),
-                              step)
-    return Heartbeat(row["owned"], row["cancel_requested"])
+    return await _heartbeat(conn, "heartbeat_run", run_id, lease_epoch, lease_seconds, step)
 
 
 async def finish_run(conn, run_id: int, lease_epoch: int, status: str, *,
                      error_code: str | None = None, error_message: str | None = None,
                      payload: dict | None = None) -> bool:
-    if error_message is not None:  # stored messages are redacted and capped (a few KB)
-        error_message = safe_message(error_message)
-    return await conn.fetchval(QUERIES["finish_run"], run_id, lease_epoch, status, error_code,
-                               error_message, payload or {})
+    return await _finish(conn, "finish_run", run_id, lease_epoch, status, error_code,
+                         error_message, payload)
 
 
 async def append_trainer_events(conn, run_id: int, lease_epoch: int, first_seq: int,
                                 events: Sequence[tuple[str, dict]]) -> int:
     """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
-    return await _fetch_fenced(conn, "append_trainer_events", run_id, lease_epoch, first_seq,
-                               [t for t, _ in events], [p for _, p in events])
+    return await _append_events(conn, "append_trainer_events", run_id, lease_epoch, first_seq,
+                                events)
 
 
 async def request_cancel(conn, run_id: int) -> str:
@@ -465,24 +484,21 @@ async def trainer_start_run(conn, lease: Lease, lease_seconds: float, payload: d
 
 async def trainer_heartbeat(conn, lease: Lease, lease_seconds: float, *,
                             step: int | None = None) -> Heartbeat:
-    row = await conn.fetchrow(QUERIES["trainer_heartbeat"], lease.run_id, lease.token,
-                              float(lease_seconds), step)
-    return Heartbeat(row["owned"], row["cancel_requested"])
+    return await _heartbeat(conn, "trainer_heartbeat", lease.run_id, lease.token, lease_seconds,
+                            step)
 
 
 async def trainer_append_events(conn, lease: Lease, first_seq: int,
                                 events: Sequence[tuple[str, dict]]) -> int:
     """Store events numbered first_seq.. (already stored ones are skipped); returns last seq."""
-    return await _fetch_fenced(conn, "trainer_append_events", lease.run_id, lease.token,
-                               first_seq, [t for t, _ in events], [p for _, p in events])
+    return await _append_events(conn, "trainer_append_events", lease.run_id, lease.token,
+                                first_seq, events)
 
 
 async def trainer_finish_run(conn, lease: Lease, status: str, *, error_code: str | None = None,
                              error_message: str | None = None, payload: dict | None = None) -> bool:
-    if error_message is not None:  # stored messages are redacted and capped (a few KB)
-        error_message = safe_message(error_message)
-    return await conn.fetchval(QUERIES["trainer_finish_run"], lease.run_id, lease.token, status,
-                               error_code, error_message, payload or {})
+    return await _finish(conn, "trainer_finish_run", lease.run_id, lease.token, status,
+                         error_code, error_message, payload)
 
 
 async def trainer_checkpoint(conn, lease: Lease, checkpoint_id: int) -> asyncpg.Record | None:
