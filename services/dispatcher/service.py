@@ -74,6 +74,10 @@ class TickResult:
     released: int = 0
     reaped: int = 0
 
+    def count(self, outcome: str) -> None:
+        """One more run of `outcome` (a field name: launched, failed, released)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
 
 class Dispatcher(ListeningService):
     channels = (CHANNEL,)
@@ -153,7 +157,7 @@ class Dispatcher(ListeningService):
         for run in runs:
             outcome = await self._start_one(conn, run)
             if isinstance(outcome, str):
-                setattr(result, outcome, getattr(result, outcome) + 1)
+                result.count(outcome)
             else:
                 started.append(outcome)
         return started
@@ -163,7 +167,7 @@ class Dispatcher(ListeningService):
         """Wait for a launch commit; counts its outcomes, returns the runs it claimed ahead."""
         outcomes, claimed = await recording
         for outcome in outcomes:
-            setattr(result, outcome, getattr(result, outcome) + 1)
+            result.count(outcome)
         return claimed
 
     def _crash_point(self, point: str, runs) -> None:
